@@ -1,0 +1,127 @@
+"""The `halluc` command: a Typer front door that hands each subcommand to its Hydra app.
+
+`halluc pretrain model=lstm train.max_steps=100` runs the Hydra app of `conf/pretrain.yaml`
+with the remaining arguments, exactly as `python pretrain.py model=lstm ...` would, so
+overrides, `-m` sweeps, `--cfg job`, `--help` and launchers all behave as Hydra documents.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import typer
+from rich.console import Console
+
+from halluc_cli.errors import UserError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Hydra parses these arguments, Typer must not: unknown options and `--help` pass through.
+HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+app = typer.Typer(
+    name="halluc",
+    help="Study and mitigate the hallucinations that fine-tuning causes in language models.\n\n"
+    "Each command is a Hydra app: add key=value overrides, -m for sweeps, --cfg job to print "
+    "the config, --help for its config groups.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def pretrain(ctx: typer.Context) -> None:
+    """Train a language model (LSTM or Transformer) from scratch on a corpus."""
+    from halluc_cli.commands import pretrain as command
+
+    run_hydra_app("pretrain", command.run, ctx.args)
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def finetune(ctx: typer.Context) -> None:
+    """Fine-tune a pretrained run on QA data with a frozen-layer strategy (not yet available)."""
+    _not_yet("finetune")
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def generate(ctx: typer.Context) -> None:
+    """Answer questions or continue prompts with a trained run (not yet available)."""
+    _not_yet("generate")
+
+
+@app.command(context_settings=HYDRA_ARGS)
+def score(ctx: typer.Context) -> None:
+    """Score predictions for hallucination against a knowledge base (not yet available)."""
+    _not_yet("score")
+
+
+def _not_yet(name: str) -> None:
+    err.print(f"error: `halluc {name}` is not yet available in this version; only `halluc pretrain` is")
+    raise typer.Exit(2)
+
+
+class _TaskState:
+    """Whether Hydra got as far as calling the command (else a failure was the config's)."""
+
+    started = False
+
+
+def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
+    """Run `task` as the Hydra app of `conf/<name>.yaml` with `args` as its command line.
+
+    A user's mistake ends with one line on stderr and exit status 2: a `UserError` from the
+    task, or a config Hydra could not compose (bad override, misspelled key, unknown group
+    option). `--debug` (or HYDRA_FULL_ERROR=1) shows the full traceback instead.
+    """
+    import hydra
+
+    from halluc_cli.config import register_configs
+
+    debug = "--debug" in args
+    if debug:
+        args = [arg for arg in args if arg != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
+    register_configs()
+    _quiet_libraries()
+
+    def guarded(cfg) -> None:
+        _TaskState.started = True
+        try:
+            task(cfg)
+        except UserError as error:
+            if debug:
+                raise
+            err.print(f"error: {error}", highlight=False, markup=False)
+            sys.exit(error.exit_code)
+
+    _TaskState.started = False
+    main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)
+    sys.argv = [f"halluc {name}", *args]
+    try:
+        main()
+    except SystemExit as exit_:
+        # Hydra reports a config it cannot compose and exits with 1 before the task starts.
+        if exit_.code == 1 and not _TaskState.started:
+            raise SystemExit(UserError.exit_code) from None
+        raise
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter (weight-loading bars, hub hints) out of the command's output."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

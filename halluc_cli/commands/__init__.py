@@ -1,0 +1,1 @@
+"""One module per CLI subcommand; each wires a composed config to the parts it uses."""

@@ -1,0 +1,64 @@
+"""Steps every command shares: its run dir, resolved config, seeding, resume, summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_write_text
+from halluc_cli.models import LanguageModel, count_parameters
+from halluc_cli.training.checkpoint import find_checkpoint
+
+console = Console()
+
+
+def start_run(cfg: DictConfig) -> Path:
+    """Seed every generator, save the resolved config in the run dir, and return the dir."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    set_seed(cfg.seed)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
+    return run_dir
+
+
+def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
+    """The run dir's checkpoint to continue from, as `resume` (auto | true | false) asks."""
+    mode = str(resume).lower()
+    if mode not in ("auto", "true", "false"):
+        raise UserError(f"resume must be auto, true or false, got {resume!r}")
+    found = find_checkpoint(run_dir / "checkpoint")
+    if mode == "true" and found is None:
+        raise UserError(
+            f"resume=true but {run_dir} holds no checkpoint; set hydra.run.dir=<the run dir to continue>"
+        )
+    if found is not None and mode != "false":
+        console.print(f"resuming from {found}", highlight=False)
+        return found
+    return None
+
+
+def describe_model(model: LanguageModel) -> None:
+    """Print the model's family and its trainable and total parameter counts."""
+    trainable, total = count_parameters(model)
+    console.print(
+        f"[bold]model[/bold] {model.family}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / max(total, 1):.1f}%)",
+        highlight=False,
+    )
+
+
+def print_table(title: str, rows: dict[str, Any]) -> None:
+    """A two-column rich table of a run's results."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)

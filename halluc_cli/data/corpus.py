@@ -1,0 +1,105 @@
+"""Text corpora: local files or a Hugging Face dataset, loaded through `datasets`.
+
+A corpus is three splits of text lines. Tokenized, each split becomes one int32 array of
+token ids saved as `.npy` in the run dir and memory-mapped back, so a large corpus costs
+4 bytes a token rather than a Python object each, and a resumed run reads the very same ids.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.config import CorpusConfig
+from halluc_cli.data.tokenizer import encode_lines
+from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_save_npy
+
+SPLITS = ("train", "valid", "test")
+BUNDLED_DIR = Path(__file__).parent / "corpora"
+
+
+def load_corpus(cfg: CorpusConfig) -> dict[str, list[str]]:
+    """Lines of text per split (train, valid, test), held out from train where not given."""
+    if bool(cfg.train) == bool(cfg.hf_dataset):
+        raise UserError("set exactly one of data.train (local text files) or data.hf_dataset (a hub dataset)")
+    splits = _load_hub(cfg) if cfg.hf_dataset else _load_files(cfg)
+    splits = _hold_out(splits, cfg.heldout_fraction)
+    if not any(line.strip() for line in splits["train"]):
+        raise UserError(f"the training text of data={cfg.name} is empty; point data.train at a file with text in it")
+    return splits
+
+
+def _load_files(cfg: CorpusConfig) -> dict[str, list[str]]:
+    files = {"train": _expand(cfg.train), "valid": _expand(cfg.valid), "test": _expand(cfg.test)}
+    if len(files["train"]) == 1 and Path(files["train"][0]).is_dir():
+        files = _split_dir(Path(files["train"][0]))
+    given = {split: paths for split, paths in files.items() if paths}
+    loaded = datasets.load_dataset("text", data_files=given, keep_in_memory=True)
+    return {split: list(loaded[split]["text"]) if split in loaded else [] for split in SPLITS}
+
+
+def _expand(patterns: list[str]) -> list[str]:
+    """Paths from globs, in a stable order; a pattern that matches nothing is a user error."""
+    paths: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser())))
+        if not matches:
+            raise UserError(f"corpus file not found: {pattern} (check data.train / data.valid / data.test)")
+        paths.extend(matches)
+    return paths
+
+
+def _split_dir(directory: Path) -> dict[str, list[str]]:
+    files = {split: directory / f"{split}.txt" for split in SPLITS}
+    if not files["train"].is_file():
+        raise UserError(f"{directory} is a directory without train.txt; give the text files in data.train")
+    return {split: [str(path)] if path.is_file() else [] for split, path in files.items()}
+
+
+def _load_hub(cfg: CorpusConfig) -> dict[str, list[str]]:
+    try:
+        loaded = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config)
+    except Exception as error:  # offline, unknown name, missing config: all the user's to fix
+        raise UserError(
+            f"could not load the dataset {cfg.hf_dataset!r} ({cfg.hf_config}) from the hub: {error}. "
+            "Without internet, point data.train at local text files instead"
+        ) from error
+    names = {"train": "train", "valid": "validation", "test": "test"}
+    return {
+        split: list(loaded[name][cfg.text_column]) if name in loaded else [] for split, name in names.items()
+    }
+
+
+def _hold_out(splits: dict[str, list[str]], fraction: float) -> dict[str, list[str]]:
+    """Carve missing valid/test splits off the end of train, each `fraction` of its lines."""
+    if splits["valid"] and splits["test"]:
+        return splits
+    if not 0.0 < fraction < 0.5:
+        raise UserError(f"data.heldout_fraction must be between 0 and 0.5, got {fraction}")
+    train = splits["train"]
+    size = max(1, int(len(train) * fraction))
+    for split in ("test", "valid"):  # test from the very end, valid just before it
+        if not splits[split]:
+            splits[split], train = train[-size:], train[:-size]
+    splits["train"] = train
+    return splits
+
+
+def tokenize_corpus(
+    splits: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, directory: Path
+) -> dict[str, np.ndarray]:
+    """Encode each split, save it as `<split>.npy` in `directory`, return memory maps of them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, lines in splits.items():
+        atomic_save_npy(directory / f"{split}.npy", encode_lines(tokenizer, lines))
+    return load_token_arrays(directory)
+
+
+def load_token_arrays(directory: Path) -> dict[str, np.ndarray]:
+    """The token arrays a run saved, memory-mapped."""
+    return {split: np.load(directory / f"{split}.npy", mmap_mode="r") for split in SPLITS}

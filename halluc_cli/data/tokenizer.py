@@ -1,0 +1,91 @@
+"""Tokenizers learned on the training split with the `tokenizers` library.
+
+Both kinds are wrapped as a `transformers` fast tokenizer, so a checkpoint's tokenizer loads
+with `AutoTokenizer.from_pretrained(checkpoint_dir)` like any Hugging Face one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from halluc_cli.config import TokenizerConfig
+from halluc_cli.errors import UserError
+
+UNK, EOS, PAD = "<unk>", "<eos>", "<pad>"
+SPECIAL_TOKENS = [UNK, EOS, PAD]
+
+
+def train_tokenizer(lines: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
+    """Learn a word-level or byte-level BPE vocabulary from `lines`."""
+    builders = {"word": _word_level, "bpe": _byte_level_bpe}
+    if cfg.kind not in builders:
+        raise UserError(f"unknown tokenizer kind {cfg.kind!r}; set model.tokenizer.kind to one of {sorted(builders)}")
+    tokenizer, trainer = builders[cfg.kind](cfg)
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token=UNK, eos_token=EOS, pad_token=PAD, bos_token=EOS
+    )
+
+
+def _word_level(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    # Whitespace words, as in the classic word-level language model (WikiText's own
+    # tokenization already split punctuation off).
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS
+    )
+    return tokenizer, trainer
+
+
+def _byte_level_bpe(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    return tokenizer, trainer
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a tokenizer saved in Hugging Face form (a checkpoint dir or a hub name)."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise UserError(f"no tokenizer could be loaded from {path}: {error}") from error
+    if tokenizer.eos_token is None:
+        raise UserError(f"the tokenizer in {path} has no end-of-sequence token; halluc needs one")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, so any id serves
+    return tokenizer
+
+
+def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Iterable[str], chunk: int = 10_000) -> np.ndarray:
+    """Token ids of every line followed by end-of-sequence, as one compact int32 array."""
+    eos = np.array([tokenizer.eos_token_id], dtype=np.int32)
+    pieces: list[np.ndarray] = []
+    for batch in _chunks(lines, chunk):
+        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            pieces.append(np.asarray(ids, dtype=np.int32))
+            pieces.append(eos)
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+
+
+def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -1,0 +1,13 @@
+"""User-facing errors: one clear line and exit status 2, never a traceback by default."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad path, malformed file, wrong checkpoint...).
+
+    The message names the problem and, where possible, the fix. The CLI prints it on one
+    line and exits with status 2; `--debug` or `HYDRA_FULL_ERROR=1` shows the traceback.
+    """
+
+    exit_code = 2

@@ -1,0 +1,43 @@
+"""Model families behind one interface; `conf/model/<name>.yaml` picks one by `name`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.config import ModelConfig
+from halluc_cli.errors import UserError
+from halluc_cli.models.base import FAMILY_FILE, LanguageModel, count_parameters, read_family
+from halluc_cli.models.lstm import LSTMLanguageModel
+from halluc_cli.models.transformer import TransformerLanguageModel
+
+FAMILIES: dict[str, type[LanguageModel]] = {
+    LSTMLanguageModel.family: LSTMLanguageModel,
+    TransformerLanguageModel.family: TransformerLanguageModel,
+}
+
+__all__ = ["LanguageModel", "build_model", "load_model", "count_parameters", "FAMILIES"]
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+    """An untrained model of the family and shape in `cfg` (a `conf/model/` config)."""
+    if cfg.name not in FAMILIES:
+        raise UserError(f"unknown model {cfg.name!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[cfg.name].from_config(cfg, tokenizer)
+
+
+def load_model(directory: Path, expected_family: str | None = None) -> LanguageModel:
+    """Rebuild a saved model from its checkpoint dir alone.
+
+    `expected_family` guards against continuing, say, an LSTM run with `model=transformer`.
+    """
+    if not (directory / FAMILY_FILE).is_file():
+        raise UserError(f"{directory} is not a halluc checkpoint (no {FAMILY_FILE}); point at a run's checkpoint dir")
+    family = read_family(directory)["family"]
+    if expected_family is not None and family != expected_family:
+        raise UserError(
+            f"the checkpoint in {directory} is a {family} model but model={expected_family} was asked for; "
+            f"set model={family} or use another checkpoint"
+        )
+    return FAMILIES[family].load(directory)

@@ -1,0 +1,80 @@
+"""The one interface both model families implement.
+
+Training, freezing and decoding only talk to a `LanguageModel`: a forward pass that takes
+token ids and an optional carried state (the LSTM's hidden state; None at the start of a
+sequence and always for a Transformer)
+and returns next-token logits and the new state, plus the handles that freeze strategies
+need (embeddings, ordered blocks, output head).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from halluc_cli.io import atomic_write_json
+
+# What a model carries from one call to the next: the LSTM's per-layer (h, c); None otherwise.
+State = Any
+FAMILY_FILE = "halluc_model.json"
+
+
+class LanguageModel(nn.Module, ABC):
+    """A causal language model over token ids."""
+
+    family: ClassVar[str]
+    # True when the state carries information across consecutive chunks of a text stream,
+    # so training keeps the stream in order (truncated BPTT) instead of shuffling chunks.
+    recurrent: ClassVar[bool] = False
+
+    @abstractmethod
+    def forward(
+        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        """Logits (B, T, vocab) for ids (B, T), and the state after the last position."""
+
+    def detach_state(self, state: State) -> State:
+        """Cut the graph behind a carried state (truncated backpropagation through time)."""
+        return state
+
+    @abstractmethod
+    def input_embeddings(self) -> nn.Module:
+        """The token embedding layer."""
+
+    @abstractmethod
+    def blocks(self) -> list[nn.Module]:
+        """The stacked layers, input side first."""
+
+    @abstractmethod
+    def output_head(self) -> nn.Module:
+        """The layer that maps hidden states to vocabulary logits."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> None:
+        """Write weights (safetensors) and config to `directory`."""
+
+    @classmethod
+    @abstractmethod
+    def load(cls, directory: Path) -> "LanguageModel":
+        """Rebuild the model from what `save` wrote."""
+
+    def write_family(self, directory: Path, **extra: Any) -> None:
+        """Record which family saved `directory`, so loading needs no config."""
+        atomic_write_json(directory / FAMILY_FILE, {"family": self.family, **extra})
+
+
+def read_family(directory: Path) -> dict[str, Any]:
+    """The family record a model wrote into its checkpoint dir."""
+    return json.loads((directory / FAMILY_FILE).read_text())
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total

@@ -1,0 +1,132 @@
+"""The classic word-level LSTM language model (Zaremba et al. 2014; PyTorch's word LM example).
+
+embedding -> dropout -> LSTM layer 1 -> dropout -> ... -> LSTM layer N -> dropout -> decoder.
+Each layer is its own `nn.LSTM` so freeze strategies can freeze layers one by one; on CPU
+this costs nothing against a stacked `nn.LSTM`, and on GPU each layer still runs in cuDNN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.config import LSTMConfig
+from halluc_cli.errors import UserError
+from halluc_cli.models.base import LanguageModel, State
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class LSTMLanguageModel(LanguageModel):
+    """Embedding, stacked LSTM layers with dropout between them, linear decoder."""
+
+    family = "lstm"
+    recurrent = True
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_dim: int = 650,
+        hidden_dim: int = 650,
+        num_layers: int = 2,
+        dropout: float = 0.5,
+        tie_weights: bool = False,
+    ) -> None:
+        super().__init__()
+        if tie_weights and embedding_dim != hidden_dim:
+            raise UserError(
+                f"model.tie_weights=true needs model.embedding_dim == model.hidden_dim "
+                f"(got {embedding_dim} and {hidden_dim})"
+            )
+        self.hparams = dict(
+            vocab_size=vocab_size,
+            embedding_dim=embedding_dim,
+            hidden_dim=hidden_dim,
+            num_layers=num_layers,
+            dropout=dropout,
+            tie_weights=tie_weights,
+        )
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        sizes = [embedding_dim] + [hidden_dim] * num_layers
+        self.layers = nn.ModuleList(nn.LSTM(sizes[i], sizes[i + 1], batch_first=True) for i in range(num_layers))
+        self.decoder = nn.Linear(hidden_dim, vocab_size)
+        if tie_weights:  # Press & Wolf 2017: share input and output word vectors
+            self.decoder.weight = self.embedding.weight
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # As in the classic example: small uniform embeddings and decoder, zero decoder bias.
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        if self.decoder.weight is not self.embedding.weight:
+            nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
+
+    @classmethod
+    def from_config(cls, cfg: LSTMConfig, tokenizer: PreTrainedTokenizerBase) -> "LSTMLanguageModel":
+        """Build an untrained model of the configured shape for `tokenizer`."""
+        return cls(
+            vocab_size=len(tokenizer),
+            embedding_dim=cfg.embedding_dim or cfg.hidden_dim,
+            hidden_dim=cfg.hidden_dim,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout,
+            tie_weights=cfg.tie_weights,
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        # attention_mask is not needed: padding only ever follows the real tokens in training,
+        # and a recurrent model never looks ahead.
+        x = self.dropout(self.embedding(input_ids))  # (B, T, E)
+        state = state or [None] * len(self.layers)
+        new_state = []
+        for layer, layer_state in zip(self.layers, state):
+            x, layer_state = layer(x, layer_state)  # (B, T, H), ((1, B, H), (1, B, H))
+            x = self.dropout(x)
+            new_state.append(layer_state)
+        return self.decoder(x), new_state  # (B, T, V)
+
+    def detach_state(self, state: State) -> State:
+        if state is None:
+            return None
+        return [(h.detach(), c.detach()) for h, c in state]
+
+    def input_embeddings(self) -> nn.Module:
+        return self.embedding
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def output_head(self) -> nn.Module:
+        return self.decoder
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.detach().contiguous() for name, tensor in self.state_dict().items()}
+        if self.hparams["tie_weights"]:
+            del tensors["decoder.weight"]  # safetensors refuses shared storage; rebuilt on load
+        save_file(tensors, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.hparams, indent=2) + "\n")
+        self.write_family(directory)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "LSTMLanguageModel":
+        """Load a halluc LSTM checkpoint dir (there is no hub for these)."""
+        return cls.load(Path(name_or_path))
+
+    @classmethod
+    def load(cls, directory: Path) -> "LSTMLanguageModel":
+        model = cls(**json.loads((directory / CONFIG_FILE).read_text()))
+        tensors = load_file(str(directory / WEIGHTS_FILE))
+        if model.hparams["tie_weights"]:
+            tensors["decoder.weight"] = tensors["embedding.weight"]
+        model.load_state_dict(tensors)
+        return model

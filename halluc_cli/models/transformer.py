@@ -1,0 +1,127 @@
+"""A decoder-only Transformer from `transformers`, behind halluc's model interface.
+
+The wrapped model is a plain Hugging Face causal LM (GPT-2 or Llama style, built from a
+config, or any pretrained checkpoint), saved with `save_pretrained`, so every checkpoint
+halluc writes loads in any `transformers` tool with `AutoModelForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from halluc_cli.config import TransformerConfig
+from halluc_cli.errors import UserError
+from halluc_cli.models.base import LanguageModel, State
+
+
+def _gpt2_config(cfg: TransformerConfig, tokens: dict[str, int]) -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "gpt2",
+        **tokens,
+        n_positions=cfg.max_positions,
+        n_embd=cfg.hidden_dim,
+        n_layer=cfg.num_layers,
+        n_head=cfg.num_heads,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        tie_word_embeddings=cfg.tie_weights,
+    )
+
+
+def _llama_config(cfg: TransformerConfig, tokens: dict[str, int]) -> PretrainedConfig:
+    return AutoConfig.for_model(
+        "llama",
+        **tokens,
+        max_position_embeddings=cfg.max_positions,
+        hidden_size=cfg.hidden_dim,
+        intermediate_size=4 * cfg.hidden_dim,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        attention_dropout=cfg.dropout,
+        tie_word_embeddings=cfg.tie_weights,
+    )
+
+
+ARCHITECTURES = {"gpt2": _gpt2_config, "llama": _llama_config}
+
+
+class TransformerLanguageModel(LanguageModel):
+    """A Hugging Face causal LM; the state is always None (attention sees the whole input)."""
+
+    family = "transformer"
+
+    def __init__(self, hf_model: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf = hf_model
+
+    @classmethod
+    def from_config(cls, cfg: TransformerConfig, tokenizer: PreTrainedTokenizerBase) -> "TransformerLanguageModel":
+        """Build an untrained model of the configured architecture and shape for `tokenizer`."""
+        if cfg.architecture not in ARCHITECTURES:
+            raise UserError(
+                f"unknown model.architecture {cfg.architecture!r}; choose one of {sorted(ARCHITECTURES)}"
+            )
+        if cfg.hidden_dim % cfg.num_heads:
+            raise UserError(f"model.hidden_dim ({cfg.hidden_dim}) must be divisible by model.num_heads ({cfg.num_heads})")
+        tokens = dict(
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        hf_config = ARCHITECTURES[cfg.architecture](cfg, tokens)
+        return cls(AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str) -> "TransformerLanguageModel":
+        """Load an existing Hugging Face causal LM (a local path, or a hub name with internet)."""
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation="sdpa")
+        except (OSError, ValueError) as error:
+            raise UserError(f"no causal language model could be loaded from {name_or_path!r}: {error}") from error
+        return cls(hf_model)
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position embeddings cover."""
+        config = self.hf.config
+        return getattr(config, "n_positions", None) or config.max_position_embeddings
+
+    def forward(
+        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, State]:
+        output = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return output.logits, None
+
+    def input_embeddings(self) -> nn.Module:
+        return self.hf.get_input_embeddings()
+
+    def blocks(self) -> list[nn.Module]:
+        # The decoder layers are the one ModuleList of the base model (GPT-2: .h, Llama: .layers).
+        for module in self.hf.base_model.children():
+            if isinstance(module, nn.ModuleList):
+                return list(module)
+        raise UserError(f"cannot find the decoder layers of a {type(self.hf).__name__}")
+
+    def output_head(self) -> nn.Module:
+        return self.hf.get_output_embeddings()
+
+    def save(self, directory: Path) -> None:
+        self.hf.save_pretrained(directory, safe_serialization=True)
+        self.write_family(directory)
+
+    @classmethod
+    def load(cls, directory: Path) -> "TransformerLanguageModel":
+        return cls.from_pretrained(str(directory))

@@ -1,0 +1,252 @@
+"""The one training loop, shared by `pretrain` and `finetune`.
+
+Per step, in the order it happens: batch -> forward (autocast) -> loss -> backward, for each
+micro-batch of the accumulation -> clip -> optimizer and schedule step -> log -> evaluate
+(validation loss, perplexity, extra evaluators; early stopping) -> checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.config import TrainConfig
+from halluc_cli.io import atomic_write_text
+from halluc_cli.models import LanguageModel
+from halluc_cli.training.batches import Batch
+from halluc_cli.training.checkpoint import (
+    load_training_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from halluc_cli.training.optim import build_optimizer, build_scheduler
+from halluc_cli.training.progress import ProgressReporter
+
+# Extra numbers computed at each evaluation (e.g. finetune's train accuracy on known and
+# unknown examples); each returns a dict merged into that evaluation's metrics line.
+Evaluator = Callable[[LanguageModel], dict[str, float]]
+
+
+class BatchSource(Protocol):
+    """What the loop reads batches from: `TokenStream` for pretraining, QA examples for finetuning."""
+
+    def next_batch(self) -> Batch: ...
+    def one_pass(self, max_batches: int | None = None): ...
+    def state_dict(self) -> dict[str, int]: ...
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """How a `fit` ended."""
+
+    steps: int
+    val_loss: float
+    best_val_loss: float
+    stopped_early: bool
+    seconds: float
+
+
+class Trainer:
+    """Trains a `LanguageModel` and keeps `run_dir/checkpoint` and `run_dir/metrics.jsonl`."""
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        tokenizer: PreTrainedTokenizerBase,
+        cfg: TrainConfig,
+        accelerator: Accelerator,
+        run_dir: Path,
+        train_data: BatchSource,
+        valid_data: BatchSource,
+        evaluators: tuple[Evaluator, ...] = (),
+    ) -> None:
+        self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
+        self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
+        self.evaluators = evaluators
+        self.checkpoint_dir = run_dir / "checkpoint"
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg)
+        self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        self.step = 0
+        self.best_val_loss = math.inf
+        self.evals_since_best = 0
+        self.last_val_loss = math.nan
+        self.carry = None  # the recurrent state carried from batch to batch
+
+    @property
+    def unwrapped(self) -> LanguageModel:
+        """The model itself, outside any distributed wrapper."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def fit(self, resume_from: Path | None = None) -> FitResult:
+        """Train to `max_steps` (or early stopping), from scratch or from a checkpoint."""
+        if resume_from is not None:
+            self._restore(resume_from)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()  # a fresh start in a used run dir begins a fresh log
+        started, stopped_early = time.perf_counter(), False
+        losses: list[float] = []
+        with ProgressReporter(self.cfg.max_steps, self.step, enabled=self.cfg.progress) as progress:
+            while self.step < self.cfg.max_steps:
+                step_started = time.perf_counter()
+                loss, tokens = self._train_step()
+                self.step += 1
+                losses.append(loss)
+                tokens_per_s = tokens / (time.perf_counter() - step_started)
+                progress.update(self.step, loss=loss, tokens_per_s=tokens_per_s)
+                if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
+                    metrics = self._evaluate(sum(losses) / len(losses), tokens_per_s)
+                    losses.clear()
+                    self.last_val_loss = metrics["val_loss"]
+                    progress.log_eval(metrics)
+                    stopped_early = self._should_stop(self.last_val_loss)
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps or stopped_early:
+                    self._save()
+                if stopped_early:
+                    break
+        seconds = time.perf_counter() - started
+        return FitResult(self.step, self.last_val_loss, self.best_val_loss, stopped_early, seconds)
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over `grad_accum` micro-batches; returns (mean loss, tokens)."""
+        self.model.train()
+        total_loss, tokens = 0.0, 0
+        for micro_step in range(self.cfg.grad_accum):
+            batch = self.train_data.next_batch()
+            last = micro_step == self.cfg.grad_accum - 1
+            # Gradients are averaged across processes once per step, not per micro-batch.
+            with self.accelerator.no_sync(self.model) if not last else nullcontext():
+                loss = self._loss(batch) / self.cfg.grad_accum
+                self.accelerator.backward(loss)
+            total_loss += loss.item()
+            tokens += batch.input_ids.numel()
+        if self.cfg.clip_grad:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, tokens * self.accelerator.num_processes
+
+    def _loss(self, batch: Batch) -> torch.Tensor:
+        device = self.accelerator.device
+        if batch.new_sequence:
+            self.carry = None
+        with self.accelerator.autocast():
+            logits, carry = self.model(
+                batch.input_ids.to(device, non_blocking=True),
+                self.carry,
+                None if batch.attention_mask is None else batch.attention_mask.to(device, non_blocking=True),
+            )
+        self.carry = self.unwrapped.detach_state(carry)
+        return _cross_entropy(logits, batch.labels.to(device, non_blocking=True))
+
+    @torch.no_grad()
+    def mean_loss(self, data: BatchSource, max_batches: int | None = None) -> float:
+        """Mean loss per scored token over one pass of `data` (perplexity = exp of it)."""
+        self.model.eval()
+        device, total, count, carry = self.accelerator.device, 0.0, 0, None
+        for batch in data.one_pass(max_batches):
+            carry = None if batch.new_sequence else carry
+            with self.accelerator.autocast():
+                logits, carry = self.model(
+                    batch.input_ids.to(device),
+                    carry,
+                    None if batch.attention_mask is None else batch.attention_mask.to(device),
+                )
+            labels = batch.labels.to(device)
+            scored = int((labels != -100).sum())
+            total += _cross_entropy(logits, labels).item() * scored
+            count += scored
+        self.model.train()
+        return total / max(count, 1)
+
+    def _evaluate(self, train_loss: float, tokens_per_s: float) -> dict[str, Any]:
+        val_loss = self.mean_loss(self.valid_data, self.cfg.eval_batches)
+        metrics: dict[str, Any] = {
+            "step": self.step,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val_loss, 6),
+            "val_ppl": round(math.exp(min(val_loss, 50.0)), 4),
+            "tokens_per_s": round(tokens_per_s, 1),
+            "lr": self.scheduler.get_last_lr()[0],
+        }
+        for evaluator in self.evaluators:
+            metrics.update(evaluator(self.unwrapped))
+        if self.accelerator.is_main_process:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+        return metrics
+
+    def _should_stop(self, val_loss: float) -> bool:
+        """Early stopping: true after `patience` evaluations without a better validation loss."""
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.evals_since_best = val_loss, 0
+            return False
+        self.evals_since_best += 1
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.evals_since_best >= patience
+
+    def _save(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.train_data.state_dict(),
+            "rng": rng_state(),
+            "carry": self.carry,
+            "best_val_loss": self.best_val_loss,
+            "last_val_loss": self.last_val_loss,
+            "evals_since_best": self.evals_since_best,
+        }
+        save_checkpoint(self.checkpoint_dir, self.unwrapped, self.tokenizer, state)
+
+    def _restore(self, directory: Path) -> None:
+        """Continue exactly where the checkpoint in `directory` left off (weights already loaded)."""
+        state = load_training_state(directory)
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.train_data.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.carry = _to_device(state["carry"], self.accelerator.device)
+        self.best_val_loss = float(state["best_val_loss"])
+        self.last_val_loss = float(state["last_val_loss"])
+        self.evals_since_best = int(state["evals_since_best"])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        # A killed run may have logged evaluations after its last checkpoint; they are redone.
+        if not self.metrics_path.is_file() or not self.accelerator.is_main_process:
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
+        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # In fp32 whatever the autocast dtype: the softmax over a large vocabulary needs the range.
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)

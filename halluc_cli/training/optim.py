@@ -1,0 +1,45 @@
+"""Optimizer and learning-rate schedule from `train.*`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from halluc_cli.config import TrainConfig
+from halluc_cli.errors import UserError
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over the trainable parameters only (frozen ones get no state)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError("no parameter is trainable; choose a freeze strategy that leaves some layers trainable")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise UserError(f"unknown train.optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LambdaLR:
+    """Linear warmup, then cosine decay to `min_lr_ratio`, step decay, or a constant rate."""
+    schedules = {
+        "cosine": lambda progress, step: cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)),
+        "step": lambda progress, step: cfg.step_gamma ** (step // cfg.step_every),
+        "constant": lambda progress, step: 1.0,
+    }
+    if cfg.schedule not in schedules:
+        raise UserError(f"unknown train.schedule {cfg.schedule!r}; choose one of {sorted(schedules)}")
+    decay = schedules[cfg.schedule]
+    decay_steps = max(1, cfg.max_steps - cfg.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        after = step - cfg.warmup_steps
+        return decay(min(1.0, after / decay_steps), after)
+
+    return LambdaLR(optimizer, factor)
