@@ -16,7 +16,7 @@ from halluc_cli.io import atomic_write_text
 from halluc_cli.models import LanguageModel, count_parameters
 from halluc_cli.training.checkpoint import find_checkpoint
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def start_run(cfg: DictConfig) -> Path:

@@ -5,7 +5,7 @@ File formats (the contract between commands, see DESIGN.md):
   `aliases` list of other accepted surface forms of the object.
 - CSV: a header with the same columns; aliases separated by `|` in one cell.
 
-Lookups go through `normalize_text`, so "brasil", "BRAZIL" and "Brazil." find the same
+Lookups go through `normalize_text`, so "brazil", "BRAZIL" and "the Brazil." find the same
 subject; the facts themselves keep their original spelling.
 """
 

@@ -84,6 +84,7 @@ class Trainer:
         self.best_val_loss = math.inf
         self.evals_since_best = 0
         self.last_val_loss = math.nan
+        self.losses_since_eval: list[float] = []  # averaged into the next eval's train_loss
         self.carry = None  # the recurrent state carried from batch to batch
 
     @property
@@ -98,18 +99,18 @@ class Trainer:
         elif self.metrics_path.exists():
             self.metrics_path.unlink()  # a fresh start in a used run dir begins a fresh log
         started, stopped_early = time.perf_counter(), False
-        losses: list[float] = []
         with ProgressReporter(self.cfg.max_steps, self.step, enabled=self.cfg.progress) as progress:
             while self.step < self.cfg.max_steps:
                 step_started = time.perf_counter()
                 loss, tokens = self._train_step()
                 self.step += 1
-                losses.append(loss)
+                self.losses_since_eval.append(loss)
                 tokens_per_s = tokens / (time.perf_counter() - step_started)
                 progress.update(self.step, loss=loss, tokens_per_s=tokens_per_s)
                 if self.step % self.cfg.eval_every == 0 or self.step == self.cfg.max_steps:
-                    metrics = self._evaluate(sum(losses) / len(losses), tokens_per_s)
-                    losses.clear()
+                    train_loss = sum(self.losses_since_eval) / len(self.losses_since_eval)
+                    self.losses_since_eval.clear()
+                    metrics = self._evaluate(train_loss, tokens_per_s)
                     self.last_val_loss = metrics["val_loss"]
                     progress.log_eval(metrics)
                     stopped_early = self._should_stop(self.last_val_loss)
@@ -213,6 +214,7 @@ class Trainer:
             "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss,
             "evals_since_best": self.evals_since_best,
+            "losses_since_eval": self.losses_since_eval,
         }
         save_checkpoint(self.checkpoint_dir, self.unwrapped, self.tokenizer, state)
 
@@ -228,6 +230,7 @@ class Trainer:
         self.best_val_loss = float(state["best_val_loss"])
         self.last_val_loss = float(state["last_val_loss"])
         self.evals_since_best = int(state["evals_since_best"])
+        self.losses_since_eval = list(state["losses_since_eval"])
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:

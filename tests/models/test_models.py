@@ -1,0 +1,84 @@
+"""Both model families: shapes, gradients, carried state, save/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from halluc_cli.config import LSTMConfig, TokenizerConfig, TransformerConfig
+from halluc_cli.data.tokenizer import train_tokenizer
+from halluc_cli.errors import UserError
+from halluc_cli.models import build_model, load_model
+
+VOCAB_LINES = [f"word{i} and some other words number {i % 7}" for i in range(50)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer(VOCAB_LINES, TokenizerConfig(kind="word"))
+
+
+def _configs():
+    return [
+        LSTMConfig(hidden_dim=16, num_layers=2, dropout=0.1),
+        LSTMConfig(hidden_dim=16, num_layers=3, dropout=0.0, tie_weights=True),
+        TransformerConfig(hidden_dim=16, num_layers=2, num_heads=2, max_positions=32, dropout=0.0),
+        TransformerConfig(architecture="llama", hidden_dim=16, num_layers=2, num_heads=2, max_positions=32),
+    ]
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c.name}-{getattr(c, 'architecture', '')}{c.num_layers}")
+def test_forward_backward_shapes(cfg, tokenizer) -> None:
+    model = build_model(cfg, tokenizer)
+    ids = torch.randint(0, len(tokenizer), (3, 7))
+    logits, _ = model(ids)
+    assert logits.shape == (3, 7, len(tokenizer))
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert len(model.blocks()) == cfg.num_layers
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c.name}-{c.num_layers}")
+def test_save_load_round_trip(cfg, tokenizer, tmp_path: Path) -> None:
+    model = build_model(cfg, tokenizer).eval()
+    model.save(tmp_path)
+    loaded = load_model(tmp_path).eval()
+    ids = torch.randint(0, len(tokenizer), (2, 5))
+    assert torch.equal(model(ids)[0], loaded(ids)[0])
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))  # safetensors only
+
+
+def test_transformer_checkpoint_loads_in_plain_transformers(tokenizer, tmp_path: Path) -> None:
+    model = build_model(TransformerConfig(hidden_dim=16, num_layers=2, num_heads=2), tokenizer).eval()
+    model.save(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, len(tokenizer), (2, 5))
+    assert torch.allclose(plain(ids).logits, model(ids)[0])
+
+
+def test_lstm_carried_state_equals_one_long_pass(tokenizer) -> None:
+    model = build_model(LSTMConfig(hidden_dim=16, num_layers=2, dropout=0.0), tokenizer).eval()
+    ids = torch.randint(0, len(tokenizer), (2, 10))
+    whole, _ = model(ids)
+    first, state = model(ids[:, :6])
+    second, _ = model(ids[:, 6:], state)
+    assert torch.allclose(torch.cat([first, second], dim=1), whole, atol=1e-6)
+
+
+def test_tied_lstm_needs_equal_sizes(tokenizer) -> None:
+    with pytest.raises(UserError, match="embedding_dim == model.hidden_dim"):
+        build_model(LSTMConfig(hidden_dim=16, embedding_dim=8, num_layers=1, tie_weights=True), tokenizer)
+
+
+def test_load_refuses_other_family(tokenizer, tmp_path: Path) -> None:
+    build_model(LSTMConfig(hidden_dim=8, num_layers=1), tokenizer).save(tmp_path)
+    with pytest.raises(UserError, match="is a lstm model but model=transformer"):
+        load_model(tmp_path, expected_family="transformer")
+
+
+def test_load_refuses_a_dir_that_is_no_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not a halluc checkpoint"):
+        load_model(tmp_path)
