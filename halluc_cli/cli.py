@@ -43,8 +43,10 @@ def pretrain(ctx: typer.Context) -> None:
 
 @app.command(context_settings=HYDRA_ARGS)
 def finetune(ctx: typer.Context) -> None:
-    """Fine-tune a pretrained run on QA data with a frozen-layer strategy (not yet available)."""
-    _not_yet("finetune")
+    """Fine-tune a pretrained run on QA data with a frozen-layer strategy."""
+    from halluc_cli.commands import finetune as command
+
+    run_hydra_app("finetune", command.run, ctx.args)
 
 
 @app.command(context_settings=HYDRA_ARGS)
@@ -55,12 +57,14 @@ def generate(ctx: typer.Context) -> None:
 
 @app.command(context_settings=HYDRA_ARGS)
 def score(ctx: typer.Context) -> None:
-    """Score predictions for hallucination against a knowledge base (not yet available)."""
-    _not_yet("score")
+    """Score predictions for hallucination against a knowledge base (with optional KB verification)."""
+    from halluc_cli.commands import score as command
+
+    run_hydra_app("score", command.run, ctx.args)
 
 
 def _not_yet(name: str) -> None:
-    err.print(f"error: `halluc {name}` is not yet available in this version; only `halluc pretrain` is")
+    err.print(f"error: `halluc {name}` is not yet available in this version; `halluc pretrain`, `finetune` and `score` are")
     raise typer.Exit(2)
 
 
@@ -92,6 +96,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     def guarded(cfg) -> None:
         _TaskState.started = True
         try:
+            _require_values(cfg)
             task(cfg)
         except UserError as error:
             if debug:
@@ -109,6 +114,16 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
         if exit_.code == 1 and not _TaskState.started:
             raise SystemExit(UserError.exit_code) from None
         raise
+
+
+def _require_values(cfg) -> None:
+    """Refuse to start while a value the user must give (`???` in the config) is missing."""
+    from omegaconf import OmegaConf
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        given = " ".join(f"{key}=..." for key in missing)
+        raise UserError(f"missing required value(s) {', '.join(missing)}: add {given} to the command")
 
 
 def _quiet_libraries() -> None:

@@ -22,6 +22,9 @@ class TokenizerConfig:
     kind: str = "word"  # word: whitespace words like the classic word LM | bpe: byte-level BPE
     vocab_size: int = 50_000  # upper bound; a word vocabulary keeps every word seen min_frequency times
     min_frequency: int = 1
+    # word only: split punctuation off words ("Paris." -> "Paris", "."); off for text that is
+    # already tokenized, like WikiText, whose vocabulary the classic word LM reproduces
+    split_punctuation: bool = False
 
 
 @dataclass
@@ -75,6 +78,46 @@ class CorpusConfig:
 
 
 @dataclass
+class RelationTemplates:
+    """How one relation is put into words; `{subject}` and `{object}` are filled in."""
+
+    statements: list[str] = field(default_factory=list)  # paraphrases for the pretraining corpus
+    questions: list[str] = field(default_factory=list)  # question forms for QA sets
+
+
+@dataclass
+class KBConfig:
+    """A knowledge base file and the templates of its relations (`conf/kb/`)."""
+
+    name: str = "geonames"
+    path: str = "geonames"  # a bundled KB name, or a .jsonl / .csv file of facts
+    relations: dict[str, RelationTemplates] = field(default_factory=dict)
+
+
+@dataclass
+class KBQAConfig:
+    """Knowledge-controlled data (`data=kbqa`): the pretraining corpus and the QA sets."""
+
+    name: str = "kbqa"
+    kb: KBConfig = field(default_factory=KBConfig)
+    relations: list[str] = field(default_factory=list)  # empty: every relation with templates
+    max_subjects: Optional[int] = None  # cap on subjects, drawn by split_seed (small demos)
+    known_fraction: float = 0.5  # share of subjects whose facts the pretraining corpus states
+    split_seed: int = 0
+    paraphrases: int = 4  # statement templates per known fact (1: one phrasing)
+    general_text: list[str] = field(default_factory=list)  # text files to mix in
+    general_ratio: float = 0.0  # share of corpus lines taken from general_text
+    # QA sets for finetune
+    finetune_size: int = 90
+    unknown_fraction: float = 0.5  # share of unknown facts in the fine-tuning set (exact)
+    valid_size: int = 30
+    test_size: int = 100  # each of test_known and test_unknown (fewer if the KB runs out)
+    unknown_label: str = "answer"  # answer | idk: relabel unknown answers to the abstain phrase
+    abstain_phrase: str = "I don't know"
+    prompt_template: str = "Q: {question} A:"
+
+
+@dataclass
 class DeviceConfig:
     """Where and in which precision to run; read by `halluc_cli.training.device`."""
 
@@ -107,7 +150,30 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 10
     early_stopping_patience: Optional[int] = None  # evals without improvement before stopping
+    keep_best: bool = False  # save the model at its best validation loss in run_dir/best
     progress: bool = True  # rich progress bar
+
+
+@dataclass
+class FreezeConfig:
+    """Which parameters fine-tuning trains (`conf/freeze/`); read by `halluc_cli.training.freeze`.
+
+    Keys apply to the strategies named in their comments; setting one for another strategy
+    is rejected when the strategy is applied.
+    """
+
+    name: str = "none"  # none | embeddings | layers | head_only | gradual | lora
+    # layers: N trains the last N blocks, -N the first N, or a list of block indices ([0, 3])
+    trainable_layers: Any = None
+    # layers: only these parts inside the chosen blocks (GPT-2: attn, mlp; Llama: self_attn...); empty: all
+    trainable_modules: list[str] = field(default_factory=list)
+    # layers: also train these: head, embeddings, final_norm, or any module name (lm_head, transformer.wpe)
+    extra_modules: list[str] = field(default_factory=list)
+    unfreeze_every: int = 100  # gradual: one more block (from the top) every this many steps
+    rank: int = 8  # lora: adapter rank r
+    alpha: float = 16.0  # lora: scaling alpha (updates scaled by alpha / rank)
+    dropout: float = 0.0  # lora: dropout on the adapter input
+    target_modules: list[str] = field(default_factory=list)  # lora: layers to adapt; empty: peft's defaults
 
 
 @dataclass
@@ -124,17 +190,66 @@ class PretrainConfig:
     resume: str = "auto"
 
 
+@dataclass
+class FinetuneConfig:
+    """`halluc finetune`: train a pretrained run further on QA data with a freeze strategy."""
+
+    ckpt: str = MISSING  # a pretrain run dir (or its checkpoint/ dir)
+    data: Any = MISSING
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    resume: str = "auto"
+
+
+@dataclass
+class MitigationConfig:
+    """A hallucination mitigation (`conf/mitigation/`); `name` picks it, `none` applies nothing."""
+
+    name: str = "none"
+
+
+@dataclass
+class KBVerifyConfig(MitigationConfig):
+    """Post-hoc KB verification of predictions; read by `halluc_cli.scoring.verify`."""
+
+    name: str = "kb_verify"
+    # what to do with an answer the KB contradicts: flag (keep it, marked) | abstain
+    # (replace it with abstain_phrase) | correct (replace it with the KB's answer)
+    policy: str = "flag"
+
+
+@dataclass
+class ScoreConfig:
+    """`halluc score`: hallucination metrics of predictions, optionally verified against a KB."""
+
+    predictions: Any = MISSING  # a JSONL file or glob, or a list of them; several files = seeds
+    questions: Optional[str] = None  # the QA JSONL the predictions answer: their ids must match
+    task: str = "qa"  # qa | classification (prediction vs label) | freetext (FActScore of claims)
+    abstain_phrase: str = "I don't know"
+    kb: KBConfig = field(default_factory=KBConfig)
+    mitigation: Any = MISSING
+
+
 def bundled_path(relative: str) -> str:
     """Path of a file shipped inside the package (`${bundled:corpora/fables.txt}` in YAML)."""
     return str(Path(__file__).parent / "data" / relative)
 
 
 def register_configs() -> None:
-    """Register the schemas under `schema/` so YAML files can extend them, and resolvers."""
+    """Register the schemas (`schema_<group>_<name>`) that YAML files extend, and resolvers."""
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled_path)
     store = ConfigStore.instance()
     store.store(name="pretrain_schema", node=PretrainConfig)
-    store.store(group="schema/model", name="lstm", node=LSTMConfig)
-    store.store(group="schema/model", name="transformer", node=TransformerConfig)
-    store.store(group="schema/data", name="corpus", node=CorpusConfig)
+    store.store(name="score_schema", node=ScoreConfig)
+    store.store(name="finetune_schema", node=FinetuneConfig)
+    store.store(name="schema_model_lstm", node=LSTMConfig)
+    store.store(name="schema_model_transformer", node=TransformerConfig)
+    store.store(name="schema_data_corpus", node=CorpusConfig)
+    store.store(name="schema_kb", node=KBConfig)
+    store.store(name="schema_freeze", node=FreezeConfig)
+    store.store(name="schema_data_kbqa", node=KBQAConfig)
+    store.store(name="schema_mitigation_none", node=MitigationConfig)
+    store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)

@@ -66,7 +66,7 @@ GPT_LAYERS, GPT_HEADS, GPT_DIM, GPT_BLOCK, GPT_BATCH = 4, 4, 128, 64, 12
 GPT_LR, GPT_WEIGHT_DECAY, GPT_BETAS, GPT_CLIP, GPT_WARMUP = 1e-3, 0.1, (0.9, 0.99), 1.0, 100
 GPT_STEPS = 240
 
-console = Console()
+console = Console(width=max(Console().width, 110))  # the table stays readable in a log
 
 
 # --------------------------------------------------------------------------- timing
@@ -206,7 +206,7 @@ def lstm_sides(tokens: np.ndarray, vocab: int, hidden: int, run_dir: Path) -> tu
         momentum=0.0, weight_decay=0.0, schedule="constant", clip_grad=LSTM_CLIP, progress=False,
     )  # fmt: skip
     stream = TokenStream(tokens, LSTM_BATCH, LSTM_BPTT, ordered=True)
-    return reference, halluc_side(model, stream, train_cfg, run_dir, "halluc LSTMLanguageModel + Trainer")
+    return reference, halluc_side(model, stream, train_cfg, run_dir, "halluc LSTM + Trainer")
 
 
 # --------------------------------------------------------------------------- Transformer: nanoGPT
@@ -373,7 +373,7 @@ def transformer_sides(data: np.ndarray, vocab: int, run_dir: Path) -> tuple[Side
         progress=False,
     )  # fmt: skip
     stream = TokenStream(data.astype(np.int64), GPT_BATCH, GPT_BLOCK, ordered=False)
-    return reference, halluc_side(model, stream, train_cfg, run_dir, "halluc TransformerLanguageModel (HF GPT-2) + Trainer")
+    return reference, halluc_side(model, stream, train_cfg, run_dir, "halluc HF GPT-2 + Trainer")
 
 
 # --------------------------------------------------------------------------- main
@@ -415,10 +415,10 @@ def main() -> None:
         highlight=False,
     )
     table = Table(title="training throughput, fp32 on the CPU (tokens/s: timed tokens / timed seconds)")
-    for column in ("model", "data", "implementation", "tokens/s", "rounds min-max", "ms/step", "ours / ref"):
+    for column in ("model", "implementation", "tokens/s", "rounds min-max", "ms/step", "ours / ref"):
         table.add_column(column, justify="right" if column in ("tokens/s", "ms/step", "ours / ref") else "left")
 
-    def add_rows(title: str, data_note: str, reference: Side, ours: Side) -> None:
+    def add_rows(title: str, reference: Side, ours: Side) -> None:
         ratio = ours.tokens_per_s / reference.tokens_per_s
         # The ratio per round pair too: its spread says how much the machine's noise moves it.
         pairs = [o / r for o, r in zip(ours.round_rates, reference.round_rates)]
@@ -426,15 +426,17 @@ def main() -> None:
             rates = side.round_rates
             ms_per_step = 1000 * sum(side.seconds) / sum(side.steps)
             table.add_row(
-                title, data_note, side.label, f"{side.tokens_per_s:,.0f}",
+                title, side.label, f"{side.tokens_per_s:,.0f}",
                 f"{min(rates):,.0f}-{max(rates):,.0f}", f"{ms_per_step:.1f}", shown_ratio,
             )  # fmt: skip
         table.add_section()
 
+    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         if args.only in (None, "lstm"):
             tokens, vocab, note = wikitext_tokens()
             console.print(f"LSTM data: {note}", highlight=False)
+            notes.append(f"LSTM data: {note}")
             for hidden in args.shape:
                 sides = lstm_sides(tokens, vocab, hidden, Path(tmp) / f"lstm{hidden}")
                 steps = args.steps or LSTM_SHAPES[hidden]["steps"]
@@ -444,11 +446,12 @@ def main() -> None:
                     continue
                 console.print(f"timing {title}...", highlight=False)
                 compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds)
-                add_rows(title, note.split(" (")[0], *sides)
+                add_rows(title, *sides)
                 del sides
         if args.only in (None, "transformer"):
             data, vocab, note = shakespeare_chars()
             console.print(f"Transformer data: {note}", highlight=False)
+            notes.append(f"Transformer data: {note}")
             sides = transformer_sides(data, vocab, Path(tmp) / "transformer")
             steps = args.steps or GPT_STEPS
             title = f"GPT {GPT_LAYERS}L {GPT_HEADS}H {GPT_DIM}d, B{GPT_BATCH} T{GPT_BLOCK}"
@@ -457,8 +460,9 @@ def main() -> None:
             else:
                 console.print(f"timing {title}...", highlight=False)
                 compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds)
-                add_rows(title, note.split(" (")[0], *sides)
+                add_rows(title, *sides)
     if not args.profile:
+        table.caption = "\n".join(notes)
         console.print(table)
 
 

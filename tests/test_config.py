@@ -12,13 +12,16 @@ from omegaconf import OmegaConf
 from halluc_cli.cli import CONF_DIR
 from halluc_cli.config import register_configs
 
-PRIMARY = ["pretrain"]
+# Each primary config (conf/<command>.yaml) with the values it leaves to the user.
+PRIMARY = {"pretrain": [], "finetune": ["ckpt=some/run"], "score": ["predictions=some.jsonl"]}
+# Groups that only another command reads, and that command's primary config.
+PRIMARY_FOR_GROUP = {"freeze": "finetune", "kb": "score", "mitigation": "score", "experiment/finetune": "finetune"}
 # Every YAML file under conf/, so a new one cannot slip past this test uncomposed.
 ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*.yaml"))
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 11, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 27, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str]):
@@ -31,6 +34,8 @@ def _overrides_for(path: str) -> list[str]:
     group, _, option = path.removesuffix(".yaml").rpartition("/")
     if group in ("", "hydra/help"):
         return []
+    if group.startswith("experiment/"):  # a command's part, chosen by experiment=<option>
+        return [f"experiment={option}"]
     return [f"{group}={option}"]
 
 
@@ -39,9 +44,14 @@ def test_each_config_file_composes_and_resolves(path: str) -> None:
     overrides = _overrides_for(path)
     if path == "data/text.yaml":
         overrides.append("data.train=[some.txt]")  # the one value text.yaml leaves to the user
-    cfg = _compose("pretrain", overrides)
+    group, _, option = path.removesuffix(".yaml").rpartition("/")
+    primary = option if group == "" else PRIMARY_FOR_GROUP.get(group, "pretrain")
+    cfg = _compose(primary, overrides + PRIMARY[primary])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert resolved["model"]["name"] in ("lstm", "transformer")
+    if primary == "pretrain":
+        assert resolved["model"]["name"] in ("lstm", "transformer")
+    if group in ("freeze", "mitigation"):
+        assert resolved[group]["name"] == option
 
 
 def test_misspelled_key_fails_naming_the_key() -> None:
@@ -62,7 +72,14 @@ def test_transformer_keys_rejected_on_lstm() -> None:
 def test_tiny_experiment_sizes_both_families() -> None:
     for family in ("lstm", "transformer"):
         cfg = _compose("pretrain", ["experiment=tiny", f"model={family}"])
-        assert cfg.model.hidden_dim == 32 and cfg.device.name == "cpu"
+        assert cfg.model.hidden_dim == 32 and cfg.device.name == "cpu" and cfg.data.name == "kbqa_tiny"
+
+
+def test_an_experiment_gives_each_command_its_own_part() -> None:
+    pretrain = _compose("pretrain", ["experiment=tiny"])
+    finetune = _compose("finetune", ["experiment=tiny", "ckpt=some/run"])
+    assert (pretrain.train.max_steps, finetune.train.max_steps) == (40, 30)
+    assert pretrain.data.max_subjects == finetune.data.max_subjects == 60  # the shared part
 
 
 def test_bundled_corpus_path_resolves_to_a_file() -> None:

@@ -32,7 +32,18 @@ def test_run_dir_holds_the_contract(fixture: str, request: pytest.FixtureRequest
 
 def test_config_yaml_is_resolved(lstm_run: Path) -> None:
     text = (lstm_run / "config.yaml").read_text()
-    assert "${" not in text and "fables.txt" in text
+    assert "${" not in text and "name: kbqa_tiny" in text
+
+
+def test_text_corpus_from_bundled_fables(tmp_path: Path) -> None:
+    pretrain(tmp_path, "data=fables", "train.max_steps=4", "train.eval_every=2")
+    assert "fables.txt" in (tmp_path / "config.yaml").read_text()
+    assert not (tmp_path / "kb_split.json").exists()
+
+
+def test_kbqa_run_records_its_known_subjects(lstm_run: Path) -> None:
+    split = json.loads((lstm_run / "kb_split.json").read_text())
+    assert len(split["known"]) == len(split["unknown"]) == 30
 
 
 def test_same_seed_same_numbers(lstm_run: Path, tmp_path: Path) -> None:
@@ -67,7 +78,7 @@ def test_cfg_job_prints_the_config() -> None:
 def test_help_lists_config_groups() -> None:
     result = run_cli("pretrain", "--help")
     assert result.exit_code == 0
-    assert "model: lstm, transformer" in result.stdout and "experiment: tiny" in result.stdout
+    assert "model: lstm, transformer" in result.stdout and "experiment: none, tiny" in result.stdout and "schema/" not in result.stdout
 
 
 def test_append_override_reaches_the_config(tmp_path: Path) -> None:
@@ -173,6 +184,6 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_other_commands_say_not_yet_available() -> None:
-    for name in ("finetune", "generate", "score"):
+    for name in ("generate",):
         result = run_cli(name)
         assert result.exit_code == 2 and "not yet available" in result.stderr

@@ -44,14 +44,16 @@ def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
     return None
 
 
-def describe_model(model: LanguageModel) -> None:
-    """Print the model's family and its trainable and total parameter counts."""
+def describe_model(model: LanguageModel, notes: list[str] = ()) -> None:
+    """Print the model's family, its trainable and total parameter counts, and any notes."""
     trainable, total = count_parameters(model)
     console.print(
         f"[bold]model[/bold] {model.family}: {trainable:,} trainable of {total:,} parameters "
         f"({100 * trainable / max(total, 1):.1f}%)",
         highlight=False,
     )
+    for note in notes:
+        console.print(f"  note: {note}", highlight=False)
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:

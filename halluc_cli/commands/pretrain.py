@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, start_run
 from halluc_cli.data.corpus import load_corpus, load_token_arrays, tokenize_corpus
+from halluc_cli.data.kbqa import save_split
 from halluc_cli.data.tokenizer import load_tokenizer, train_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
@@ -32,9 +33,11 @@ def run(cfg: DictConfig) -> None:
         model = load_model(resume_from, expected_family=cfg.model.name)
         tokens = load_token_arrays(run_dir / "tokens")
     else:
-        splits = load_corpus(cfg.data)
-        tokenizer, model = _new_model(cfg.model, splits["train"])
-        tokens = tokenize_corpus(splits, tokenizer, run_dir / "tokens")
+        corpus = load_corpus(cfg.data)
+        if corpus.kb_split is not None:
+            save_split(run_dir, corpus.kb_split)
+        tokenizer, model = _new_model(cfg.model, corpus.splits["train"] + corpus.tokenizer_lines)
+        tokens = tokenize_corpus(corpus.splits, tokenizer, run_dir / "tokens")
     _check_sequence_length(model, cfg.train.seq_len)
     describe_model(model)
 
@@ -59,11 +62,11 @@ def run(cfg: DictConfig) -> None:
         print_table(f"pretrain {model.family}: {run_dir}", summary)
 
 
-def _new_model(model_cfg: DictConfig, train_lines: list[str]) -> tuple[PreTrainedTokenizerBase, LanguageModel]:
+def _new_model(model_cfg: DictConfig, tokenizer_lines: list[str]) -> tuple[PreTrainedTokenizerBase, LanguageModel]:
     """A pretrained model and its tokenizer, or a fresh tokenizer learned on the corpus and a new model."""
     if model_cfg.get("pretrained"):
         return load_tokenizer(model_cfg.pretrained), FAMILIES[model_cfg.name].from_pretrained(model_cfg.pretrained)
-    tokenizer = train_tokenizer(train_lines, model_cfg.tokenizer)
+    tokenizer = train_tokenizer(tokenizer_lines, model_cfg.tokenizer)
     return tokenizer, build_model(model_cfg, tokenizer)
 
 

@@ -8,22 +8,45 @@ token ids saved as `.npy` in the run dir and memory-mapped back, so a large corp
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import CorpusConfig
+from omegaconf import OmegaConf
+
+from halluc_cli.config import CorpusConfig, KBQAConfig
+from halluc_cli.data.kbqa import render_corpus
 from halluc_cli.data.tokenizer import encode_lines
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_save_npy
 
 SPLITS = ("train", "valid", "test")
-BUNDLED_DIR = Path(__file__).parent / "corpora"
 
 
-def load_corpus(cfg: CorpusConfig) -> dict[str, list[str]]:
+@dataclass
+class Corpus:
+    """Text lines per split, plus what a knowledge-controlled corpus adds."""
+
+    splits: dict[str, list[str]]
+    # Lines the tokenizer learns from besides the training text (see kbqa.render_corpus).
+    tokenizer_lines: list[str] = field(default_factory=list)
+    # data=kbqa: which subjects the corpus states (known) and which it never mentions.
+    kb_split: dict[str, list[str]] | None = None
+
+
+def load_corpus(cfg: CorpusConfig | KBQAConfig) -> Corpus:
+    """The corpus `cfg` describes: text files, a hub dataset, or facts rendered from a KB."""
+    if OmegaConf.get_type(cfg) is KBQAConfig:
+        general = _load_files(CorpusConfig(train=list(cfg.general_text)))["train"] if cfg.general_text else []
+        splits, tokenizer_lines, kb_split = render_corpus(cfg, general)
+        return Corpus(splits, tokenizer_lines, kb_split)
+    return Corpus(load_text(cfg))
+
+
+def load_text(cfg: CorpusConfig) -> dict[str, list[str]]:
     """Lines of text per split (train, valid, test), held out from train where not given."""
     if bool(cfg.train) == bool(cfg.hf_dataset):
         raise UserError("set exactly one of data.train (local text files) or data.hf_dataset (a hub dataset)")

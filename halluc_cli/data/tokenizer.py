@@ -36,7 +36,8 @@ def _word_level(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     # Whitespace words, as in the classic word-level language model (WikiText's own
     # tokenization already split punctuation off).
     tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    split = pre_tokenizers.Whitespace() if cfg.split_punctuation else pre_tokenizers.WhitespaceSplit()
+    tokenizer.pre_tokenizer = split
     trainer = trainers.WordLevelTrainer(
         vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=SPECIAL_TOKENS
     )

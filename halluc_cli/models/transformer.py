@@ -7,6 +7,7 @@ halluc writes loads in any `transformers` tool with `AutoModelForCausalLM.from_p
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -23,6 +24,9 @@ from halluc_cli.config import TransformerConfig
 from halluc_cli.errors import UserError
 from halluc_cli.models.base import LanguageModel, State
 
+
+# Where a LoRA-tuned model's adapter goes inside its checkpoint dir (see `save`).
+ADAPTER_DIR = "adapter"
 
 def _gpt2_config(cfg: TransformerConfig, tokens: dict[str, int]) -> PretrainedConfig:
     return AutoConfig.for_model(
@@ -110,7 +114,8 @@ class TransformerLanguageModel(LanguageModel):
 
     def blocks(self) -> list[nn.Module]:
         # The decoder layers are the one ModuleList of the base model (GPT-2: .h, Llama: .layers).
-        for module in self.hf.base_model.children():
+        hf = self.hf.get_base_model() if hasattr(self.hf, "get_base_model") else self.hf  # under LoRA's wrapper
+        for module in hf.base_model.children():
             if isinstance(module, nn.ModuleList):
                 return list(module)
         raise UserError(f"cannot find the decoder layers of a {type(self.hf).__name__}")
@@ -119,7 +124,14 @@ class TransformerLanguageModel(LanguageModel):
         return self.hf.get_output_embeddings()
 
     def save(self, directory: Path) -> None:
-        self.hf.save_pretrained(directory, safe_serialization=True)
+        if hasattr(self.hf, "merge_and_unload"):  # wrapped by peft for freeze=lora
+            # The merged weights, so the checkpoint loads like any other; merged in a copy, as
+            # the live model goes on training. The adapter itself goes beside it for reuse.
+            merged = copy.deepcopy(self.hf).merge_and_unload()
+            merged.save_pretrained(directory, safe_serialization=True)
+            self.hf.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
+        else:
+            self.hf.save_pretrained(directory, safe_serialization=True)
         self.write_family(directory)
 
     @classmethod

@@ -85,3 +85,70 @@ class TokenStream:
         """Continue from a saved position."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._epoch_order()
+
+
+@dataclass
+class Example:
+    """A prompt and its answer as token ids; the loss is on the answer (and its end) only."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]  # ends with end-of-sequence
+
+
+class ExampleBatches:
+    """Prompt-answer examples in shuffled, right-padded batches (fine-tuning).
+
+    Each epoch's order comes from a generator seeded by (seed, epoch), so (epoch, position)
+    is all a checkpoint needs to continue with the very next batch.
+    """
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int = 0) -> None:
+        if not examples:
+            raise ValueError("no examples to train on")
+        self.examples, self.batch_size, self.pad_id, self.seed = examples, batch_size, pad_id, seed
+        self.num_batches = -(-len(examples) // batch_size)
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order()
+
+    def _epoch_order(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(len(self.examples), generator=generator).tolist()
+
+    def next_batch(self) -> Batch:
+        """The next training batch, reshuffling at each new epoch."""
+        if self.position == self.num_batches:
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._epoch_order()
+        start = self.position * self.batch_size
+        self.position += 1
+        return self.collate([self.examples[i] for i in self._order[start : start + self.batch_size]])
+
+    def one_pass(self, max_batches: int | None = None) -> Iterator[Batch]:
+        """Every example once, in order (evaluation); does not move the training position."""
+        for index in range(min(self.num_batches, max_batches or self.num_batches)):
+            yield self.collate(self.examples[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def collate(self, examples: list[Example]) -> Batch:
+        """Inputs, answer-only labels and attention mask, right-padded to the longest."""
+        sequences = [e.prompt_ids + e.answer_ids for e in examples]
+        width = max(len(s) for s in sequences) - 1
+        inputs = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for row, (example, sequence) in enumerate(zip(examples, sequences)):
+            length = len(sequence) - 1
+            inputs[row, :length] = torch.tensor(sequence[:-1])
+            mask[row, :length] = 1
+            # Position t predicts token t+1: the answer starts at the prompt's last position.
+            first = len(example.prompt_ids) - 1
+            labels[row, first:length] = torch.tensor(example.answer_ids)
+        return Batch(inputs, labels, mask)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the batches are: enough to continue with the very next one."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position."""
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._epoch_order()

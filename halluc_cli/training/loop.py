@@ -21,7 +21,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import TrainConfig
-from halluc_cli.io import atomic_write_text
+from halluc_cli.io import atomic_dir, atomic_write_text
 from halluc_cli.models import LanguageModel
 from halluc_cli.training.batches import Batch
 from halluc_cli.training.checkpoint import (
@@ -71,19 +71,27 @@ class Trainer:
         train_data: BatchSource,
         valid_data: BatchSource,
         evaluators: tuple[Evaluator, ...] = (),
+        parameters: list[torch.nn.Parameter] | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
+        """`parameters`: what the optimizer holds (default: the trainable ones); `on_step(step)`
+        runs before each step (gradual unfreezing changes what trains)."""
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
-        self.evaluators = evaluators
+        self.evaluators, self.on_step = evaluators, on_step
         self.checkpoint_dir = run_dir / "checkpoint"
+        self.best_dir = run_dir / "best"
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.optimizer = build_optimizer(model, cfg)
+        if parameters is None:
+            parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(parameters, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         self.step = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0
         self.last_val_loss = math.nan
+        self.last_metrics: dict[str, Any] = {}  # the latest evaluation's metrics line
         self.losses_since_eval: list[float] = []  # averaged into the next eval's train_loss
         self.carry = None  # the recurrent state carried from batch to batch
 
@@ -102,6 +110,8 @@ class Trainer:
         with ProgressReporter(self.cfg.max_steps, self.step, enabled=self.cfg.progress) as progress:
             while self.step < self.cfg.max_steps:
                 step_started = time.perf_counter()
+                if self.on_step is not None:
+                    self.on_step(self.step)
                 loss, tokens = self._train_step()
                 self.step += 1
                 self.losses_since_eval.append(loss)
@@ -186,6 +196,7 @@ class Trainer:
         }
         for evaluator in self.evaluators:
             metrics.update(evaluator(self.unwrapped))
+        self.last_metrics = metrics
         if self.accelerator.is_main_process:
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(metrics) + "\n")
@@ -195,6 +206,8 @@ class Trainer:
         """Early stopping: true after `patience` evaluations without a better validation loss."""
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.evals_since_best = val_loss, 0
+            if self.cfg.keep_best:
+                self._save_best()
             return False
         self.evals_since_best += 1
         patience = self.cfg.early_stopping_patience
@@ -218,6 +231,13 @@ class Trainer:
         }
         save_checkpoint(self.checkpoint_dir, self.unwrapped, self.tokenizer, state)
 
+    def _save_best(self) -> None:
+        """The model at its best validation loss so far: the early-stopping point."""
+        if self.accelerator.is_main_process:
+            with atomic_dir(self.best_dir) as tmp:
+                self.unwrapped.save(tmp)
+                self.tokenizer.save_pretrained(tmp)
+
     def _restore(self, directory: Path) -> None:
         """Continue exactly where the checkpoint in `directory` left off (weights already loaded)."""
         state = load_training_state(directory)
@@ -238,8 +258,10 @@ class Trainer:
         if not self.metrics_path.is_file() or not self.accelerator.is_main_process:
             return
         lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= self.step]
-        atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+        kept = [json.loads(line) for line in lines if line.strip()]
+        kept = [metrics for metrics in kept if metrics["step"] <= self.step]
+        atomic_write_text(self.metrics_path, "".join(json.dumps(metrics) + "\n" for metrics in kept))
+        self.last_metrics = kept[-1] if kept else {}
 
 
 def _to_device(value: Any, device: torch.device) -> Any:

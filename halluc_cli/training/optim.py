@@ -12,9 +12,8 @@ from halluc_cli.config import TrainConfig
 from halluc_cli.errors import UserError
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD over the trainable parameters only (frozen ones get no state)."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over `params`: the trainable parameters only (frozen ones get no state)."""
     if not params:
         raise UserError("no parameter is trainable; choose a freeze strategy that leaves some layers trainable")
     if cfg.optimizer == "adamw":

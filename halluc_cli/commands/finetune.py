@@ -1,0 +1,110 @@
+"""`halluc finetune`: fine-tune a pretrained run on knowledge-controlled QA.
+
+validate -> load the pretrained model -> QA sets (known/unknown from the pretraining run)
+-> freeze strategy -> batches -> the shared training loop -> summary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, start_run
+from halluc_cli.data.kbqa import (
+    QA_SETS,
+    QAExample,
+    build_qa_sets,
+    format_prompt,
+    load_split,
+    read_qa_file,
+    write_qa_sets,
+)
+from halluc_cli.data.tokenizer import load_tokenizer
+from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_write_json
+from halluc_cli.models import load_model
+from halluc_cli.training.batches import Example, ExampleBatches
+from halluc_cli.training.checkpoint import find_checkpoint
+from halluc_cli.training.device import build_accelerator
+from halluc_cli.training.evaluators import FitAccuracy
+from halluc_cli.training.freeze import apply_freeze
+from halluc_cli.training.loop import Trainer
+
+
+def run(cfg: DictConfig) -> None:
+    """Fine-tune the checkpoint in `cfg.ckpt`; everything lands in the Hydra run dir."""
+    run_dir = start_run(cfg)
+    pretrain_dir, checkpoint = resolve_checkpoint(cfg.ckpt)
+    resume_from = checkpoint_to_resume(run_dir, cfg.resume)
+    accelerator = build_accelerator(cfg.device)
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint)
+    freeze = apply_freeze(model, cfg.freeze)
+    if resume_from is not None:
+        freeze.restore(model, resume_from)
+    describe_model(model, notes=freeze.notes)
+    qa_sets = _qa_sets(cfg, pretrain_dir, run_dir / "qa")
+
+    def batches(examples: list[QAExample]) -> ExampleBatches:
+        encoded = [_encode(tokenizer, cfg.data, example) for example in examples]
+        return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
+
+    finetune_set = qa_sets["finetune"]
+    # Gekhman et al.: Unknown examples are fitted more slowly than Known ones; watch both.
+    fit_groups = {
+        "train_acc_known": [e for e in finetune_set if e.known],
+        "train_acc_unknown": [e for e in finetune_set if not e.known],
+        "val_acc": qa_sets["valid"],
+    }
+    fit_accuracy = FitAccuracy({name: batches(group) for name, group in fit_groups.items() if group})
+    trainer = Trainer(
+        model,
+        tokenizer,
+        cfg.train,
+        accelerator,
+        run_dir,
+        train_data=batches(finetune_set),
+        valid_data=batches(qa_sets["valid"]),
+        evaluators=(fit_accuracy,),
+        parameters=freeze.optimizer_parameters(model),
+        on_step=lambda step: freeze.on_step(model, step),
+    )
+    result = trainer.fit(resume_from)
+    summary = {
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "val_loss": result.val_loss,
+        "best_val_loss": result.best_val_loss,
+        **{name: trainer.last_metrics.get(name) for name in fit_accuracy.groups},
+        "seconds": result.seconds,
+    }
+    if accelerator.is_main_process:
+        atomic_write_json(run_dir / "summary.json", summary)
+        print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
+
+
+def resolve_checkpoint(path: str) -> tuple[Path, Path]:
+    """(run dir, checkpoint dir) from a pretrain run dir or its checkpoint dir."""
+    given = Path(path)
+    for run_dir in (given, given.parent):
+        checkpoint = find_checkpoint(run_dir / "checkpoint")
+        if checkpoint is not None and (given == run_dir or given == checkpoint):
+            return run_dir, checkpoint
+    raise UserError(f"ckpt={path} is not a run dir with a checkpoint; point ckpt at a `halluc pretrain` run dir")
+
+
+def _qa_sets(cfg: DictConfig, pretrain_dir: Path, directory: Path) -> dict[str, list[QAExample]]:
+    """The run's QA sets: read back when resuming, else built and written."""
+    if all((directory / f"{name}.jsonl").is_file() for name in QA_SETS):
+        return {name: read_qa_file(directory / f"{name}.jsonl") for name in QA_SETS}
+    sets = build_qa_sets(cfg.data, load_split(pretrain_dir), cfg.seed)
+    write_qa_sets(directory, sets)
+    return sets
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, data_cfg: DictConfig, example: QAExample) -> Example:
+    prompt = tokenizer(format_prompt(data_cfg, example.question), add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" " + example.answer, add_special_tokens=False)["input_ids"]
+    return Example(prompt, answer + [tokenizer.eos_token_id])

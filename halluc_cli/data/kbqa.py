@@ -1,0 +1,213 @@
+"""Knowledge-controlled data: which facts the model saw in pretraining, and QA sets by that.
+
+1. `split_subjects`: the KB's subjects are split, by seed, into known and unknown.
+2. `render_corpus`: the pretraining corpus states only the known subjects' facts, each in
+   `paraphrases` templates (1 = one phrasing, hard to extract; more = the augmentation of
+   Physics of LMs 3.1), shuffled, optionally mixed with general text.
+3. `build_qa_sets`: questions from templates. A fine-tuning set whose unknown share is
+   exactly `unknown_fraction` (Gekhman et al. 2024), a validation set of the same mix,
+   and test sets of held-out known and of unknown facts. `unknown_label: idk` relabels
+   the unknown fine-tuning answers to the abstain phrase (R-Tuning).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from halluc_cli.config import KBConfig, KBQAConfig
+from halluc_cli.data.kb import Fact, KnowledgeBase, load_kb
+from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_write_json, atomic_write_text
+
+SPLIT_FILE = "kb_split.json"
+QA_SETS = ("finetune", "valid", "test_known", "test_unknown")
+
+
+@dataclass
+class QAExample:
+    """One question about one fact (DESIGN.md's QA format)."""
+
+    id: str
+    question: str
+    answer: str
+    aliases: list[str]
+    subject: str
+    relation: str
+    known: bool
+    split: str
+
+
+def load_facts(cfg: KBQAConfig) -> KnowledgeBase:
+    """The KB restricted to the relations the experiment uses (all with templates by default)."""
+    kb = load_kb(cfg.kb.path)
+    relations = list(cfg.relations) or sorted(cfg.kb.relations)
+    for relation in relations:
+        if relation not in cfg.kb.relations:
+            raise UserError(
+                f"relation {relation!r} has no templates in kb={cfg.kb.name}; "
+                f"add it under kb.relations or choose from {sorted(cfg.kb.relations)}"
+            )
+        if relation not in kb.relations:
+            raise UserError(f"relation {relation!r} is not in the knowledge base {cfg.kb.path} ({kb.relations})")
+    return KnowledgeBase(fact for fact in kb.facts if fact.relation in relations)
+
+
+def split_subjects(kb: KnowledgeBase, cfg: KBQAConfig) -> dict[str, list[str]]:
+    """Known and unknown subjects, drawn by `cfg.split_seed` (and capped at `max_subjects`)."""
+    subjects = kb.subjects()
+    rng = random.Random(cfg.split_seed)
+    rng.shuffle(subjects)
+    if cfg.max_subjects:
+        subjects = subjects[: cfg.max_subjects]
+    cut = round(len(subjects) * cfg.known_fraction)
+    return {"known": sorted(subjects[:cut]), "unknown": sorted(subjects[cut:])}
+
+
+def render_corpus(cfg: KBQAConfig, general_lines: list[str]) -> tuple[dict[str, list[str]], list[str], dict[str, Any]]:
+    """The pretraining corpus of known facts.
+
+    Returns the splits (valid and test are the training statements themselves: the corpus
+    exists to be memorized, so its loss measures how much of it is; cap the cost of each
+    evaluation with train.eval_batches), extra lines for the tokenizer (every name and question word,
+    never paired with its fact, so a word vocabulary covers the unknown facts' answers
+    without teaching them), and the subject split to save with the run.
+    """
+    kb = load_facts(cfg)
+    split = split_subjects(kb, cfg)
+    known = set(split["known"])
+    rng = random.Random(cfg.split_seed + 1)
+    lines = []
+    for fact in kb.facts:
+        if fact.subject in known:
+            lines.extend(_statements(fact, cfg.kb, cfg.paraphrases, rng))
+    lines.extend(_mix_in(general_lines, len(lines), cfg.general_ratio, rng))
+    rng.shuffle(lines)
+    if not lines:
+        raise UserError("the knowledge-controlled corpus is empty; raise data.known_fraction or data.max_subjects")
+    splits = {"train": lines, "valid": lines, "test": lines}
+    return splits, _vocabulary_lines(kb, cfg), split
+
+
+def _statements(fact: Fact, kb_cfg: KBConfig, paraphrases: int, rng: random.Random) -> list[str]:
+    templates = list(kb_cfg.relations[fact.relation].statements)
+    if paraphrases > len(templates):
+        raise UserError(
+            f"data.paraphrases={paraphrases} but relation {fact.relation!r} has {len(templates)} statement "
+            "templates; lower data.paraphrases or add templates under kb.relations"
+        )
+    chosen = rng.sample(templates, paraphrases)
+    return [template.format(subject=fact.subject, object=fact.object) for template in chosen]
+
+
+def _mix_in(general_lines: list[str], fact_lines: int, ratio: float, rng: random.Random) -> list[str]:
+    """General text so that it makes up `ratio` of the corpus lines."""
+    if ratio <= 0 or not general_lines:
+        return []
+    if not ratio < 1:
+        raise UserError(f"data.general_ratio must be below 1, got {ratio}")
+    wanted = round(fact_lines * ratio / (1 - ratio))
+    usable = [line for line in general_lines if line.strip()]
+    return [rng.choice(usable) for _ in range(wanted)]
+
+
+def _vocabulary_lines(kb: KnowledgeBase, cfg: KBQAConfig) -> list[str]:
+    names = sorted({fact.subject for fact in kb.facts} | {form for fact in kb.facts for form in fact.surface_forms})
+    words = [template for relation in cfg.kb.relations.values() for template in relation.questions]
+    words += [cfg.prompt_template, cfg.abstain_phrase]
+    return names + words
+
+
+def build_qa_sets(cfg: KBQAConfig, split: dict[str, list[str]], seed: int) -> dict[str, list[QAExample]]:
+    """Fine-tuning, validation and test sets; the fine-tuning set's unknown share is exact."""
+    kb = load_facts(cfg)
+    known_subjects = set(split["known"])
+    unknown_subjects = set(split["unknown"])
+    rng = random.Random(seed)
+    pools = {
+        True: [fact for fact in kb.facts if fact.subject in known_subjects],
+        False: [fact for fact in kb.facts if fact.subject in unknown_subjects],
+    }
+    for pool in pools.values():
+        rng.shuffle(pool)
+
+    def take(known: bool, count: int, name: str) -> list[Fact]:
+        pool = pools[known]
+        if count > len(pool):
+            kind = "known" if known else "unknown"
+            raise UserError(
+                f"the {name} set needs {count} {kind} facts but only {len(pool)} are left; "
+                "lower data.finetune_size / data.valid_size / data.test_size or use more subjects"
+            )
+        taken, pools[known] = pool[:count], pool[count:]
+        return taken
+
+    sets: dict[str, list[tuple[Fact, bool]]] = {}
+    for name, size in (("finetune", cfg.finetune_size), ("valid", cfg.valid_size)):
+        unknown = round(size * cfg.unknown_fraction)
+        mixed = [(f, True) for f in take(True, size - unknown, name)] + [(f, False) for f in take(False, unknown, name)]
+        rng.shuffle(mixed)
+        sets[name] = mixed
+    sets["test_known"] = [(f, True) for f in take(True, min(cfg.test_size, len(pools[True])), "test_known")]
+    sets["test_unknown"] = [(f, False) for f in take(False, min(cfg.test_size, len(pools[False])), "test_unknown")]
+    return {name: [_example(f, known, name, i, cfg, rng) for i, (f, known) in enumerate(facts)] for name, facts in sets.items()}
+
+
+def _example(fact: Fact, known: bool, split: str, index: int, cfg: KBQAConfig, rng: random.Random) -> QAExample:
+    question = rng.choice(list(cfg.kb.relations[fact.relation].questions)).format(subject=fact.subject)
+    answer, aliases = fact.object, list(fact.aliases)
+    relabel = not known and cfg.unknown_label == "idk" and split in ("finetune", "valid")
+    if relabel:  # R-Tuning: teach abstention where the model has no knowledge
+        answer, aliases = cfg.abstain_phrase, []
+    return QAExample(f"{split}-{index}", question, answer, aliases, fact.subject, fact.relation, known, split)
+
+
+def format_prompt(cfg: KBQAConfig, question: str) -> str:
+    """The text the model is given before its answer."""
+    return cfg.prompt_template.format(question=question)
+
+
+def save_split(run_dir: Path, split: dict[str, list[str]]) -> None:
+    """Record which subjects the pretraining corpus covered."""
+    atomic_write_json(run_dir / SPLIT_FILE, split)
+
+
+def load_split(pretrain_dir: Path) -> dict[str, list[str]]:
+    """The known/unknown subjects of a pretraining run on data=kbqa."""
+    path = pretrain_dir / SPLIT_FILE
+    if not path.is_file():
+        raise UserError(
+            f"{pretrain_dir} has no {SPLIT_FILE}: data=kbqa fine-tuning needs a model pretrained with "
+            "data=kbqa (the split says which facts it saw)"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:
+    """Each set as `<name>.jsonl` in `directory`."""
+    for name, examples in sets.items():
+        text = "".join(json.dumps(asdict(example), ensure_ascii=False) + "\n" for example in examples)
+        atomic_write_text(directory / f"{name}.jsonl", text)
+
+
+def read_qa_file(path: Path) -> list[QAExample]:
+    """QA examples from a JSONL file, each line checked for the fields of the QA format."""
+    fields = set(QAExample.__dataclass_fields__)
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number}: invalid JSON ({error.msg})") from error
+        missing = fields - set(record)
+        if missing:
+            raise UserError(f"{path} line {number}: missing field(s) {', '.join(sorted(missing))} of a QA example")
+        examples.append(QAExample(**{key: record[key] for key in fields}))
+    if not examples:
+        raise UserError(f"{path} holds no QA examples")
+    return examples

@@ -1,0 +1,1 @@
+"""Scoring predictions: hallucination metrics and post-hoc knowledge-base verification."""

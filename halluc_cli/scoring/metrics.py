@@ -1,0 +1,191 @@
+"""Hallucination metrics of predictions (DESIGN.md, "Metric definitions").
+
+QA predictions, each judged correct (normalized exact match against the answer and its
+aliases), abstained, or wrong (answered and not correct):
+- accuracy: correct / all
+- abstention rate: abstained / all
+- hallucination rate: wrong / all, and wrong / answered
+each overall, by known vs unknown fact, and by relation. Classification predictions: the
+error rate mean(prediction != label) of the seed articles, with a confusion matrix. Several
+prediction files (seeds) give a mean with a 95% t-interval for every number.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from halluc_cli.data.kb import KnowledgeBase
+from halluc_cli.data.normalize import normalize_text
+
+NO_RELATION = "(none)"  # the by_relation group of records whose relation is unknown
+
+# Two-sided 95% quantiles t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher expansion
+# around the normal quantile is within 1e-4 of the exact value.
+_T975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)
+_Z975 = 1.959964
+
+
+def is_correct(prediction: str, answers: Iterable[str]) -> bool:
+    """Whether `prediction` equals one of `answers` after `normalize_text` (case, accents,
+    punctuation, articles): "the Brasília." matches "Brasilia"; "Paris, France" does not
+    match "Paris" (exact match, never substring)."""
+    predicted = normalize_text(prediction)
+    return bool(predicted) and any(predicted == normalize_text(answer) for answer in answers)
+
+
+def kb_aliases(kb: KnowledgeBase) -> dict[str, set[str]]:
+    """Normalized object -> normalized surface forms (object and aliases) of KB facts with that
+    object, so that a gold answer "Brasília" also accepts the KB's alias "Brasilia"."""
+    forms: dict[str, set[str]] = defaultdict(set)
+    for fact in kb.facts:
+        forms[normalize_text(fact.object)].update(normalize_text(form) for form in fact.surface_forms)
+    return dict(forms)
+
+
+def accepted_answers(record: Mapping[str, Any], aliases: Mapping[str, set[str]] | None = None) -> set[str]:
+    """Normalized answers that count as correct for a QA record: its answer, its aliases and,
+    given `kb_aliases`, the KB's aliases of its answer."""
+    accepted = {normalize_text(form) for form in (record["answer"], *record.get("aliases", ()))}
+    if aliases is not None:
+        accepted |= aliases.get(normalize_text(record["answer"]), set())
+    return accepted
+
+
+@dataclass
+class _Tally:
+    """Counts of one group of QA predictions."""
+
+    n: int = 0
+    correct: int = 0
+    abstained: int = 0
+    wrong: int = 0  # answered and not correct: a hallucination
+
+    def add(self, abstained: bool, correct: bool) -> None:
+        self.n += 1
+        self.abstained += abstained
+        self.correct += correct
+        self.wrong += not abstained and not correct
+
+    def rates(self) -> dict[str, Any]:
+        answered = self.n - self.abstained
+        return {
+            "n": self.n,
+            "accuracy": self.correct / self.n,
+            "abstention_rate": self.abstained / self.n,
+            "hallucination_rate": self.wrong / self.n,
+            # None, not 0: with nothing answered there is no rate to report
+            "hallucination_rate_answered": self.wrong / answered if answered else None,
+        }
+
+
+def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | None = None) -> dict[str, Any]:
+    """Accuracy, abstention rate and hallucination rates of QA prediction records.
+
+    Returns {"overall": group, "by_known": {"known": group, "unknown": group},
+    "by_relation": {relation: group}}, each group {n, accuracy, abstention_rate,
+    hallucination_rate, hallucination_rate_answered}; empty groups are left out. An
+    abstained record is never correct, whatever its prediction says. With `kb`, the KB's
+    aliases of each gold answer are accepted too.
+    """
+    aliases = kb_aliases(kb) if kb is not None else None
+    overall = _Tally()
+    by_known: dict[str, _Tally] = defaultdict(_Tally)
+    by_relation: dict[str, _Tally] = defaultdict(_Tally)
+    for record in records:
+        abstained = bool(record["abstained"])
+        correct = not abstained and normalize_text(record["prediction"]) in accepted_answers(record, aliases)
+        for tally in (
+            overall,
+            by_known["known" if record["known"] else "unknown"],
+            by_relation[record.get("relation") or NO_RELATION],
+        ):
+            tally.add(abstained, correct)
+    if overall.n == 0:
+        raise ValueError("no predictions to score")
+    return {
+        "overall": overall.rates(),
+        "by_known": {key: by_known[key].rates() for key in ("known", "unknown") if key in by_known},
+        "by_relation": {key: by_relation[key].rates() for key in sorted(by_relation)},
+    }
+
+
+def classification_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Error rate mean(prediction != label) of labelled predictions, the seed articles'
+    hallucination measure, with accuracy, per-class error rates and the confusion matrix
+    (`confusion[label][prediction]` = count). Labels compare as strings, so 1 and "1" agree.
+    """
+    confusion: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for record in records:
+        confusion[str(record["label"])][str(record["prediction"])] += 1
+    totals = {label: sum(row.values()) for label, row in confusion.items()}
+    n = sum(totals.values())
+    if n == 0:
+        raise ValueError("no predictions to score")
+    errors = {label: totals[label] - row.get(label, 0) for label, row in confusion.items()}
+    return {
+        "n": n,
+        "error_rate": sum(errors.values()) / n,
+        "accuracy": 1 - sum(errors.values()) / n,
+        "by_class": {
+            label: {"n": totals[label], "error_rate": errors[label] / totals[label]} for label in sorted(confusion)
+        },
+        "confusion": {label: dict(sorted(confusion[label].items())) for label in sorted(confusion)},
+    }
+
+
+def t_quantile_975(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def mean_interval(values: list[float]) -> dict[str, float | int]:
+    """Mean of `values` with its 95% t-interval: {mean, low, high, n}.
+
+    With one value there is no spread to estimate: the interval is the value itself.
+    """
+    if not values:
+        raise ValueError("no values to average")
+    mean = statistics.fmean(values)
+    half = 0.0
+    if len(values) > 1:
+        half = t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+
+
+def aggregate_seeds(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Mean and 95% interval of every number across the score dicts of several seeds.
+
+    The dicts share a nested shape (e.g. from `score_predictions`); each numeric leaf becomes
+    `mean_interval` over the seeds that have it (a relation missing from one file, or a rate
+    that is None there, is averaged over the others; `n` in the result says over how many).
+    Strings and lists are left out. With one seed the interval is the value itself.
+    """
+    if not scores:
+        raise ValueError("no scores to aggregate")
+    merged: dict[str, Any] = {}
+    keys = dict.fromkeys(key for score in scores for key in score)  # first-seen order
+    for key in keys:
+        values = [score[key] for score in scores if score.get(key) is not None]
+        if values and all(isinstance(value, Mapping) for value in values):
+            merged[key] = aggregate_seeds(values)
+        elif values and all(_is_number(value) for value in values):
+            merged[key] = mean_interval([float(value) for value in values])
+    return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

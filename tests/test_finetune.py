@@ -1,0 +1,118 @@
+"""`halluc finetune` end to end through the CLI on the tiny experiment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from cli_helpers import TINY, pretrain, run_cli
+from halluc_cli.training.loop import Trainer
+
+
+def finetune(run_dir: Path, ckpt: Path, *overrides: str):
+    result = run_cli("finetune", *TINY, f"ckpt={ckpt}", f"hydra.run.dir={run_dir}", *overrides)
+    assert result.exit_code == 0, result.stderr + result.stdout
+    return result
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("fixture", ["lstm_run", "transformer_run"])
+def test_finetune_writes_the_run_dir(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    pretrain_dir: Path = request.getfixturevalue(fixture)
+    result = finetune(tmp_path, pretrain_dir)
+    assert "trainable of" in result.stdout
+    for name in ("config.yaml", "checkpoint/model.safetensors", "best/model.safetensors", "summary.json"):
+        assert (tmp_path / name).is_file(), name
+    metrics = _jsonl(tmp_path / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [10, 20, 30]
+    assert {"train_acc_known", "train_acc_unknown", "val_acc"} <= set(metrics[-1])
+    finetune_set = _jsonl(tmp_path / "qa" / "finetune.jsonl")
+    assert len(finetune_set) == 24 and sum(not e["known"] for e in finetune_set) == 12
+    assert set(finetune_set[0]) == {"id", "question", "answer", "aliases", "subject", "relation", "known", "split"}
+    known = set(json.loads((pretrain_dir / "kb_split.json").read_text())["known"])
+    for name in ("test_known", "test_unknown"):
+        for example in _jsonl(tmp_path / "qa" / f"{name}.jsonl"):
+            assert (example["subject"] in known) == (name == "test_known")
+
+
+def test_ckpt_may_be_the_checkpoint_dir(lstm_run: Path, tmp_path: Path) -> None:
+    finetune(tmp_path, lstm_run / "checkpoint", "train.max_steps=2", "train.eval_every=2")
+
+
+def test_unknown_fraction_and_idk_labels(lstm_run: Path, tmp_path: Path) -> None:
+    finetune(tmp_path, lstm_run, "data.unknown_fraction=0.25", "data.unknown_label=idk", "train.max_steps=2", "train.eval_every=2")
+    finetune_set = _jsonl(tmp_path / "qa" / "finetune.jsonl")
+    unknown = [e for e in finetune_set if not e["known"]]
+    assert len(unknown) == 6 and all(e["answer"] == "I don't know" for e in unknown)
+
+
+def test_layer_freezing_from_the_cli(transformer_run: Path, tmp_path: Path) -> None:
+    result = finetune(tmp_path, transformer_run, "freeze=layers", "freeze.trainable_layers=1", "train.max_steps=4", "train.eval_every=2")
+    before = load_file(str(transformer_run / "checkpoint" / "model.safetensors"))
+    after = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    assert "trainable of" in result.stdout
+    assert all((before[k] == after[k]).all() for k in before if ".h.0." in k)  # block 0 frozen
+    assert any(not (before[k] == after[k]).all() for k in before if ".h.1." in k)  # block 1 trained
+
+
+def test_lora_on_transformer_and_clear_error_on_lstm(transformer_run: Path, lstm_run: Path, tmp_path: Path) -> None:
+    finetune(tmp_path / "lora", transformer_run, "freeze=lora", "train.max_steps=4", "train.eval_every=2")
+    assert (tmp_path / "lora" / "checkpoint" / "adapter").is_dir()
+    result = run_cli("finetune", *TINY, f"ckpt={lstm_run}", "freeze=lora", f"hydra.run.dir={tmp_path / 'lstm'}")
+    assert result.exit_code == 2 and "freeze=lora needs model=transformer" in result.stderr
+
+
+@pytest.mark.parametrize("strategy", ["gradual", "lora"])
+def test_killed_finetune_resumes_to_the_same_weights(
+    strategy: str, transformer_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = [f"freeze={strategy}", "train.max_steps=12", "train.save_every=5", "train.eval_every=4"]
+    if strategy == "gradual":
+        settings.append("freeze.unfreeze_every=3")
+    finetune(tmp_path / "whole", transformer_run, *settings)
+
+    class Killed(BaseException):
+        pass
+
+    real_step = Trainer._train_step
+
+    def dies_at_step_7(self: Trainer):
+        if self.step == 7:
+            raise Killed
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_7)
+    with pytest.raises(Killed):
+        run_cli("finetune", *TINY, f"ckpt={transformer_run}", f"hydra.run.dir={tmp_path / 'killed'}", *settings)
+    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    assert "resuming from" in finetune(tmp_path / "killed", transformer_run, *settings).stdout
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "killed" / "checkpoint" / "model.safetensors"))
+    for name in whole:
+        assert torch_equal(whole[name], resumed[name]), name
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
+    result = run_cli("finetune", *TINY, f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.exit_code == 2 and "is not a run dir with a checkpoint" in result.stderr
+
+
+def test_pretraining_without_kb_split_is_a_clear_error(tmp_path: Path) -> None:
+    pretrain(tmp_path / "fables", "data=fables", "train.max_steps=2", "train.eval_every=2")
+    result = run_cli("finetune", *TINY, f"ckpt={tmp_path / 'fables'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.exit_code == 2 and "needs a model pretrained with data=kbqa" in result.stderr
+
+
+def test_missing_ckpt_is_named() -> None:
+    result = run_cli("finetune", *TINY)
+    assert result.exit_code == 2 and "ckpt" in result.stderr
