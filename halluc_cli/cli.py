@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Callable
 
 import typer
@@ -17,7 +16,6 @@ from rich.console import Console
 
 from halluc_cli.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Hydra parses these arguments, Typer must not: unknown options and `--help` pass through.
 HYDRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
@@ -51,8 +49,10 @@ def finetune(ctx: typer.Context) -> None:
 
 @app.command(context_settings=HYDRA_ARGS)
 def generate(ctx: typer.Context) -> None:
-    """Answer questions or continue prompts with a trained run (not yet available)."""
-    _not_yet("generate")
+    """Answer questions or continue prompts with a trained run (batched decoding)."""
+    from halluc_cli.commands import generate as command
+
+    run_hydra_app("generate", command.run, ctx.args)
 
 
 @app.command(context_settings=HYDRA_ARGS)
@@ -61,11 +61,6 @@ def score(ctx: typer.Context) -> None:
     from halluc_cli.commands import score as command
 
     run_hydra_app("score", command.run, ctx.args)
-
-
-def _not_yet(name: str) -> None:
-    err.print(f"error: `halluc {name}` is not yet available in this version; `halluc pretrain`, `finetune` and `score` are")
-    raise typer.Exit(2)
 
 
 class _TaskState:
@@ -83,7 +78,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     """
     import hydra
 
-    from halluc_cli.config import register_configs
+    from halluc_cli.config import CONF_DIR, register_configs
 
     debug = "--debug" in args
     if debug:

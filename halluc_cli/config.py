@@ -191,6 +191,36 @@ class PretrainConfig:
 
 
 @dataclass
+class DecodingConfig:
+    """How `generate` (and the data-cleaning probe) decodes (`conf/decoding/`)."""
+
+    name: str = "greedy"  # greedy | sample
+    temperature: float = 1.0  # sample: softmax temperature
+    top_k: int = 0  # sample: keep the k likeliest tokens (0: all)
+    top_p: float = 1.0  # sample: nucleus, keep the likeliest tokens up to this mass
+    num_samples: int = 1  # continuations per prompt (sample only)
+    max_new_tokens: int = 16
+    batch_size: int = 32
+    stop_at_newline: bool = True  # besides end-of-sequence
+
+
+@dataclass
+class GenerateConfig:
+    """`halluc generate`: answer questions, or continue prompts, with a trained run."""
+
+    ckpt: str = MISSING  # a run dir (finetune or pretrain) or a checkpoint dir
+    weights: str = "checkpoint"  # checkpoint (last) | best (the early-stopping point)
+    # QA sets of the run (test_known, test_unknown, valid, finetune) or QA JSONL files
+    questions: list[str] = field(default_factory=lambda: ["test_known", "test_unknown"])
+    prompts: Optional[str] = None  # a text file, one prompt a line: free text instead of questions
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    prompt_template: Optional[str] = None  # None: the fine-tuning run's data.prompt_template
+    abstain_phrase: Optional[str] = None  # None: the fine-tuning run's data.abstain_phrase
+    seed: int = 0  # the sampling generator's
+
+
+@dataclass
 class FinetuneConfig:
     """`halluc finetune`: train a pretrained run further on QA data with a freeze strategy."""
 
@@ -232,6 +262,14 @@ class ScoreConfig:
     mitigation: Any = MISSING
 
 
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def conf_path(relative: str) -> str:
+    """Path inside the config tree (`${halluc_conf:pretrain}` in YAML)."""
+    return str(CONF_DIR / relative)
+
+
 def bundled_path(relative: str) -> str:
     """Path of a file shipped inside the package (`${bundled:corpora/fables.txt}` in YAML)."""
     return str(Path(__file__).parent / "data" / relative)
@@ -241,10 +279,12 @@ def register_configs() -> None:
     """Register the schemas (`schema_<group>_<name>`) that YAML files extend, and resolvers."""
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled_path)
+        OmegaConf.register_new_resolver("halluc_conf", conf_path)
     store = ConfigStore.instance()
     store.store(name="pretrain_schema", node=PretrainConfig)
     store.store(name="score_schema", node=ScoreConfig)
     store.store(name="finetune_schema", node=FinetuneConfig)
+    store.store(name="generate_schema", node=GenerateConfig)
     store.store(name="schema_model_lstm", node=LSTMConfig)
     store.store(name="schema_model_transformer", node=TransformerConfig)
     store.store(name="schema_data_corpus", node=CorpusConfig)

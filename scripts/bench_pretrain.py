@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +53,7 @@ from halluc_cli.training.batches import TokenStream  # noqa: E402
 from halluc_cli.training.device import build_accelerator  # noqa: E402
 from halluc_cli.training.loop import Trainer  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data from the checkout
 WIKITEXT_VOCAB = 33_278  # the word LM example's WikiText-2 vocabulary, for the random fallback
 SYNTHETIC_TOKENS = 2_000_000  # about WikiText-2's training words
 CHAR_VOCAB = 65  # tiny Shakespeare's characters, for the random fallback
@@ -96,11 +98,15 @@ class Side:
         return [t / s for t, s in zip(self.tokens, self.seconds)]
 
 
-def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int) -> None:
-    """Time both sides for `steps` steps each, in `rounds` alternating rounds after warmup."""
+def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int) -> float | None:
+    """Time both sides for `steps` steps each, in `rounds` alternating rounds after warmup.
+
+    Returns the share of the machine's CPU time that other processes took meanwhile (None
+    where /proc/stat is unreadable): the noise behind the numbers on a shared machine.
+    """
     for side in (reference, ours):
         side.run(warmup)  # allocator, oneDNN primitive caches, lazy init: not timed
-    rounds = max(1, min(rounds, steps))
+    before = _cpu_ticks()
     sizes = [steps // rounds + (i < steps % rounds) for i in range(rounds)]
     for index, size in enumerate(sizes):
         # A B, B A, A B...: each side goes first in half the rounds.
@@ -109,6 +115,22 @@ def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int) -
             side.tokens.append(tokens)
             side.seconds.append(seconds)
             side.steps.append(size)
+    after = _cpu_ticks()
+    if before is None or after is None:
+        return None
+    (total0, busy0, ours0), (total1, busy1, ours1) = before, after
+    return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / max(1, total1 - total0)
+
+
+def _cpu_ticks() -> tuple[int, int, float] | None:
+    """(all CPU ticks, busy ticks) from /proc/stat, and this process's own CPU ticks."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    own = os.times()
+    total, idle = sum(fields), fields[3] + fields[4]  # idle + iowait
+    return total, total - idle, (own.user + own.system) * os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- LSTM: the word LM example
@@ -183,9 +205,9 @@ def halluc_side(model, stream: TokenStream, train_cfg: TrainConfig, run_dir: Pat
     return Side(label, step)
 
 
-def wikitext_tokens() -> tuple[np.ndarray, int, str]:
+def wikitext_tokens(data_dir: Path) -> tuple[np.ndarray, int, str]:
     """WikiText-2's training words as halluc tokenizes them, or a random stream when absent."""
-    train = SHARED_DATA / "wikitext-2" / "train.txt"
+    train = data_dir / "wikitext-2" / "train.txt"
     if train.is_file():
         lines = train.read_text(encoding="utf-8").splitlines()
         tokenizer = train_tokenizer(lines, TokenizerConfig(kind="word", vocab_size=50_000))
@@ -346,9 +368,9 @@ class _CharVocab:
         return self.size
 
 
-def shakespeare_chars() -> tuple[np.ndarray, int, str]:
+def shakespeare_chars(data_dir: Path) -> tuple[np.ndarray, int, str]:
     """The first 90% of tiny Shakespeare as character ids (nanoGPT's train split), or random."""
-    path = SHARED_DATA / "tinyshakespeare" / "input.txt"
+    path = data_dir / "tinyshakespeare" / "input.txt"
     if path.is_file():
         text = path.read_text(encoding="utf-8")
         chars = sorted(set(text))
@@ -398,8 +420,10 @@ def parse_args() -> argparse.Namespace:
                         help="LSTM sizes (embedding = hidden, 2 layers); default: all")  # fmt: skip
     parser.add_argument("--steps", type=int, help="timed steps per side (default: LSTM 200: 32, 650: 16; transformer: 240)")
     parser.add_argument("--warmup", type=int, help="untimed steps per side first (default: steps / 8, at least 2)")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating timed rounds the steps are split into")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating timed rounds the steps are split into")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--data-dir", type=Path, default=SHARED_DATA,
+                        help=f"holds wikitext-2/train.txt and tinyshakespeare/input.txt (default: {SHARED_DATA})")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="print torch.profiler tables instead of timing")
     parser.add_argument("--profile-rows", type=int, default=25)
     return parser.parse_args()
@@ -434,7 +458,7 @@ def main() -> None:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         if args.only in (None, "lstm"):
-            tokens, vocab, note = wikitext_tokens()
+            tokens, vocab, note = wikitext_tokens(args.data_dir)
             console.print(f"LSTM data: {note}", highlight=False)
             notes.append(f"LSTM data: {note}")
             for hidden in args.shape:
@@ -449,7 +473,7 @@ def main() -> None:
                 add_rows(title, *sides)
                 del sides
         if args.only in (None, "transformer"):
-            data, vocab, note = shakespeare_chars()
+            data, vocab, note = shakespeare_chars(args.data_dir)
             console.print(f"Transformer data: {note}", highlight=False)
             notes.append(f"Transformer data: {note}")
             sides = transformer_sides(data, vocab, Path(tmp) / "transformer")

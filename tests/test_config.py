@@ -9,19 +9,29 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from halluc_cli.cli import CONF_DIR
-from halluc_cli.config import register_configs
+from halluc_cli.config import CONF_DIR, register_configs
 
 # Each primary config (conf/<command>.yaml) with the values it leaves to the user.
-PRIMARY = {"pretrain": [], "finetune": ["ckpt=some/run"], "score": ["predictions=some.jsonl"]}
+PRIMARY = {
+    "pretrain": [],
+    "finetune": ["ckpt=some/run"],
+    "generate": ["ckpt=some/run"],
+    "score": ["predictions=some.jsonl"],
+}
 # Groups that only another command reads, and that command's primary config.
-PRIMARY_FOR_GROUP = {"freeze": "finetune", "kb": "score", "mitigation": "score", "experiment/finetune": "finetune"}
+PRIMARY_FOR_GROUP = {
+    "freeze": "finetune",
+    "kb": "score",
+    "mitigation": "score",
+    "decoding": "generate",
+    **{f"{command}/experiment": command for command in PRIMARY},
+}
 # Every YAML file under conf/, so a new one cannot slip past this test uncomposed.
 ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*.yaml"))
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 27, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 29, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str]):
@@ -34,7 +44,7 @@ def _overrides_for(path: str) -> list[str]:
     group, _, option = path.removesuffix(".yaml").rpartition("/")
     if group in ("", "hydra/help"):
         return []
-    if group.startswith("experiment/"):  # a command's part, chosen by experiment=<option>
+    if group.endswith("/experiment"):  # conf/<command>/experiment/: that command's experiments
         return [f"experiment={option}"]
     return [f"{group}={option}"]
 
@@ -75,11 +85,13 @@ def test_tiny_experiment_sizes_both_families() -> None:
         assert cfg.model.hidden_dim == 32 and cfg.device.name == "cpu" and cfg.data.name == "kbqa_tiny"
 
 
-def test_an_experiment_gives_each_command_its_own_part() -> None:
+def test_one_experiment_name_gives_each_command_its_own_settings() -> None:
     pretrain = _compose("pretrain", ["experiment=tiny"])
     finetune = _compose("finetune", ["experiment=tiny", "ckpt=some/run"])
+    generate = _compose("generate", ["experiment=tiny", "ckpt=some/run"])
     assert (pretrain.train.max_steps, finetune.train.max_steps) == (40, 30)
-    assert pretrain.data.max_subjects == finetune.data.max_subjects == 60  # the shared part
+    assert pretrain.data.max_subjects == finetune.data.max_subjects == 60
+    assert generate.decoding.max_new_tokens == 8 and generate.device.name == "cpu"
 
 
 def test_bundled_corpus_path_resolves_to_a_file() -> None:

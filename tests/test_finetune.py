@@ -104,7 +104,7 @@ def torch_equal(a, b) -> bool:
 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("finetune", *TINY, f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.exit_code == 2 and "is not a run dir with a checkpoint" in result.stderr
+    assert result.exit_code == 2 and "is neither a run dir with a checkpoint/ model nor a model dir" in result.stderr
 
 
 def test_pretraining_without_kb_split_is_a_clear_error(tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def test_cfg_job_prints_the_config() -> None:
 def test_help_lists_config_groups() -> None:
     result = run_cli("pretrain", "--help")
     assert result.exit_code == 0
-    assert "model: lstm, transformer" in result.stdout and "experiment: none, tiny" in result.stdout and "schema/" not in result.stdout
+    assert "model: lstm, transformer" in result.stdout and "pretrain/experiment: tiny" in result.stdout and "schema/" not in result.stdout
 
 
 def test_append_override_reaches_the_config(tmp_path: Path) -> None:
@@ -181,9 +181,3 @@ def test_checkpoint_of_another_model_type(lstm_run: Path, tmp_path: Path) -> Non
 def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("pretrain", *TINY, "data=wikitext2", f"hydra.run.dir={tmp_path}")
     _one_line_error(result, "could not load the dataset 'wikitext'", "point data.train at local text files")
-
-
-def test_other_commands_say_not_yet_available() -> None:
-    for name in ("generate",):
-        result = run_cli(name)
-        assert result.exit_code == 2 and "not yet available" in result.stderr

@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_text
+from halluc_cli.io import atomic_write_text, complete_dir
 from halluc_cli.models import LanguageModel, count_parameters
+from halluc_cli.models.base import FAMILY_FILE
 from halluc_cli.training.checkpoint import find_checkpoint
 
 console = Console(soft_wrap=True)
@@ -42,6 +43,19 @@ def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
         console.print(f"resuming from {found}", highlight=False)
         return found
     return None
+
+
+def resolve_run(path: str, weights: str = "checkpoint") -> tuple[Path, Path]:
+    """(run dir, model dir) from a run dir (its `weights` dir: checkpoint or best) or a model dir."""
+    given = Path(path)
+    if (given / FAMILY_FILE).is_file():
+        return given.parent, given
+    found = complete_dir(given / weights)
+    if found is not None and (found / FAMILY_FILE).is_file():
+        return given, found
+    raise UserError(
+        f"{path} is neither a run dir with a {weights}/ model nor a model dir; point ckpt at a halluc run dir"
+    )
 
 
 def describe_model(model: LanguageModel, notes: list[str] = ()) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, start_run
+from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, resolve_run, start_run
 from halluc_cli.data.kbqa import (
     QA_SETS,
     QAExample,
@@ -22,11 +22,9 @@ from halluc_cli.data.kbqa import (
     write_qa_sets,
 )
 from halluc_cli.data.tokenizer import load_tokenizer
-from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import load_model
 from halluc_cli.training.batches import Example, ExampleBatches
-from halluc_cli.training.checkpoint import find_checkpoint
 from halluc_cli.training.device import build_accelerator
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze
@@ -36,7 +34,7 @@ from halluc_cli.training.loop import Trainer
 def run(cfg: DictConfig) -> None:
     """Fine-tune the checkpoint in `cfg.ckpt`; everything lands in the Hydra run dir."""
     run_dir = start_run(cfg)
-    pretrain_dir, checkpoint = resolve_checkpoint(cfg.ckpt)
+    pretrain_dir, checkpoint = resolve_run(cfg.ckpt)
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
     accelerator = build_accelerator(cfg.device)
     tokenizer = load_tokenizer(checkpoint)
@@ -83,16 +81,6 @@ def run(cfg: DictConfig) -> None:
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "summary.json", summary)
         print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
-
-
-def resolve_checkpoint(path: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint dir) from a pretrain run dir or its checkpoint dir."""
-    given = Path(path)
-    for run_dir in (given, given.parent):
-        checkpoint = find_checkpoint(run_dir / "checkpoint")
-        if checkpoint is not None and (given == run_dir or given == checkpoint):
-            return run_dir, checkpoint
-    raise UserError(f"ckpt={path} is not a run dir with a checkpoint; point ckpt at a `halluc pretrain` run dir")
 
 
 def _qa_sets(cfg: DictConfig, pretrain_dir: Path, directory: Path) -> dict[str, list[QAExample]]:

@@ -34,9 +34,19 @@ class LanguageModel(nn.Module, ABC):
 
     @abstractmethod
     def forward(
-        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        state: State = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
     ) -> tuple[torch.Tensor, State]:
-        """Logits (B, T, vocab) for ids (B, T), and the state after the last position."""
+        """Logits (B, T, vocab) for ids (B, T), and the state after the last position.
+
+        `attention_mask` (B, T_state + T) marks real tokens with 1; padding may be on the
+        right (training) or the left (batched decoding). `use_cache` asks for the state that
+        lets the next call continue this one (the Transformer's key-value cache); a
+        recurrent model always returns it.
+        """
 
     def detach_state(self, state: State) -> State:
         """Cut the graph behind a carried state (truncated backpropagation through time)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import LSTMConfig
@@ -81,10 +82,17 @@ class LSTMLanguageModel(LanguageModel):
         )
 
     def forward(
-        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        state: State = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
     ) -> tuple[torch.Tensor, State]:
-        # attention_mask is not needed: padding only ever follows the real tokens in training,
-        # and a recurrent model never looks ahead.
+        # Padding on the right needs no mask: a recurrent model never looks ahead. Padding on
+        # the left (batched decoding of prompts) would run through the state, so those rows
+        # are packed to skip it.
+        if attention_mask is not None and state is None and _left_padded(attention_mask):
+            return self._forward_left_padded(input_ids, attention_mask)
         x = self.dropout(self.embedding(input_ids))  # (B, T, E)
         state = state or [None] * len(self.layers)
         new_state = []
@@ -93,6 +101,25 @@ class LSTMLanguageModel(LanguageModel):
             x = self.dropout(x)
             new_state.append(layer_state)
         return self.decoder(x), new_state  # (B, T, V)
+
+    def _forward_left_padded(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Run left-padded rows as if each were alone; logits at padding are zeros."""
+        width = input_ids.shape[1]
+        lengths = attention_mask.sum(-1)
+        # Move each row's tokens to the left (right padding), pack them by length, and back.
+        shift = (torch.arange(width, device=input_ids.device) + (width - lengths)[:, None]) % width  # (B, T)
+        left_aligned = input_ids.gather(1, shift)
+        x = self.dropout(self.embedding(left_aligned))
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        new_state = []
+        for layer in self.layers:
+            packed, layer_state = layer(packed)
+            packed = PackedSequence(self.dropout(packed.data), packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+            new_state.append(layer_state)
+        x, _ = pad_packed_sequence(packed, batch_first=True, total_length=width)
+        logits = self.decoder(x) * (torch.arange(width, device=x.device) < lengths[:, None])[..., None]
+        unshift = (torch.arange(width, device=input_ids.device) - (width - lengths)[:, None]) % width
+        return logits.gather(1, unshift[..., None].expand_as(logits)), new_state
 
     def detach_state(self, state: State) -> State:
         if state is None:
@@ -130,3 +157,8 @@ class LSTMLanguageModel(LanguageModel):
             tensors["decoder.weight"] = tensors["embedding.weight"]
         model.load_state_dict(tensors)
         return model
+
+
+def _left_padded(attention_mask: torch.Tensor) -> bool:
+    """Whether some row starts with padding."""
+    return bool((attention_mask[:, 0] == 0).any())

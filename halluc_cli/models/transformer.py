@@ -40,6 +40,11 @@ def _gpt2_config(cfg: TransformerConfig, tokens: dict[str, int]) -> PretrainedCo
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,
         tie_word_embeddings=cfg.tie_weights,
+        # GPT-2's own "gelu_new" is the same tanh approximation written as 8 separate tensor
+        # ops (each a pass over the MLP's activations, and as many again in backward);
+        # "gelu_pytorch_tanh" is that function as one fused kernel. At small widths on a CPU
+        # this alone costs GPT-2 ~20% of its training step (scripts/bench_pretrain.py).
+        activation_function="gelu_pytorch_tanh",
     )
 
 
@@ -104,10 +109,25 @@ class TransformerLanguageModel(LanguageModel):
         return getattr(config, "n_positions", None) or config.max_position_embeddings
 
     def forward(
-        self, input_ids: torch.Tensor, state: State = None, attention_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        state: State = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool = False,
     ) -> tuple[torch.Tensor, State]:
-        output = self.hf(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return output.logits, None
+        position_ids = None
+        if attention_mask is not None:
+            # Left padding shifts the real tokens right; count positions over real tokens only,
+            # so a padded row sees the same positions as it would alone.
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        output = self.hf(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=state if use_cache else None,
+            use_cache=use_cache,
+        )
+        return output.logits, output.past_key_values if use_cache else None
 
     def input_embeddings(self) -> nn.Module:
         return self.hf.get_input_embeddings()

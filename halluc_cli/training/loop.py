@@ -87,6 +87,9 @@ class Trainer:
         self.optimizer = build_optimizer(parameters, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
+        # Looked up once: `accelerator.unwrap_model` probes the file system for optional
+        # packages (deepspeed) at every call, and `_loss` needs the model every micro-batch.
+        self._unwrapped: LanguageModel = accelerator.unwrap_model(self.model)
         self.step = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0
@@ -98,7 +101,7 @@ class Trainer:
     @property
     def unwrapped(self) -> LanguageModel:
         """The model itself, outside any distributed wrapper."""
-        return self.accelerator.unwrap_model(self.model)
+        return self._unwrapped
 
     def fit(self, resume_from: Path | None = None) -> FitResult:
         """Train to `max_steps` (or early stopping), from scratch or from a checkpoint."""

@@ -17,10 +17,23 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     if not params:
         raise UserError("no parameter is trainable; choose a freeze strategy that leaves some layers trainable")
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_adamw_available())
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     raise UserError(f"unknown train.optimizer {cfg.optimizer!r}; choose adamw or sgd")
+
+
+def _fused_adamw_available() -> bool:
+    """Whether AdamW's fused kernel runs on both CPU and CUDA (torch >= 2.4).
+
+    Without `fused`, torch picks the per-tensor Python loop on a CPU (its `foreach` default is
+    CUDA-only): about a dozen small ops per parameter tensor, 3-4x slower than the fused kernel
+    and ~5% of a small model's training step. Same update; only the float rounding order differs.
+    The optimizer is built before `accelerate` moves the model, so the kernel must exist on
+    every device the model may land on.
+    """
+    major, minor = (int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    return (major, minor) >= (2, 4)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> LambdaLR:

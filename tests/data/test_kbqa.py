@@ -6,8 +6,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from halluc_cli.cli import CONF_DIR
-from halluc_cli.config import KBQAConfig, register_configs
+from halluc_cli.config import CONF_DIR, KBQAConfig, register_configs
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import build_qa_sets, load_facts, render_corpus, split_subjects
 from halluc_cli.data.normalize import normalize_text

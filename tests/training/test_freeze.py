@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from halluc_cli.cli import CONF_DIR
+from halluc_cli.config import CONF_DIR
 from halluc_cli.config import FreezeConfig, LSTMConfig, TokenizerConfig, TransformerConfig, register_configs
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError

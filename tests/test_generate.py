@@ -1,0 +1,70 @@
+"""`halluc generate` through the CLI, and the full tiny flow pretrain -> finetune -> generate -> score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import TINY, run_cli
+
+PREDICTION_FIELDS = {"id", "question", "prediction", "answer", "aliases", "known", "abstained", "subject", "relation"}
+
+
+@pytest.fixture(scope="module")
+def finetuned(lstm_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("finetuned")
+    result = run_cli("finetune", *TINY, f"ckpt={lstm_run}", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 0, result.stderr
+    return run_dir
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_end_to_end_pretrain_finetune_generate_score(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli("generate", "experiment=tiny", f"ckpt={finetuned}", f"hydra.run.dir={tmp_path / 'gen'}")
+    assert result.exit_code == 0, result.stderr
+    predictions = _jsonl(tmp_path / "gen" / "predictions.jsonl")
+    assert len(predictions) == 32  # test_known + test_unknown of the tiny experiment
+    assert set(predictions[0]) == PREDICTION_FIELDS
+    assert {p["known"] for p in predictions} == {True, False}
+
+    result = run_cli("score", f"predictions={tmp_path / 'gen' / 'predictions.jsonl'}", f"hydra.run.dir={tmp_path / 'score'}")
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads((tmp_path / "score" / "scores.json").read_text())
+    assert "known" in json.dumps(scores) and "hallucination" in json.dumps(scores)
+
+
+def test_best_weights_and_one_question_set(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "generate", "experiment=tiny", f"ckpt={finetuned}", "weights=best", "questions=[test_unknown]",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.exit_code == 0, result.stderr
+    assert {p["known"] for p in _jsonl(tmp_path / "predictions.jsonl")} == {False}
+
+
+def test_free_prompts_with_sampling(lstm_run: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n\nFrance is in\n")
+    result = run_cli(
+        "generate", "experiment=tiny", f"ckpt={lstm_run}", f"prompts={prompts}", "decoding=sample",
+        "decoding.num_samples=2", f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.exit_code == 0, result.stderr
+    records = _jsonl(tmp_path / "run" / "predictions.jsonl")
+    assert [r["prompt"] for r in records] == ["The capital of France is", "France is in"]
+    assert all(len(r["prediction"]) == 2 for r in records)
+
+
+def test_unknown_question_set_is_a_clear_error(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli("generate", "experiment=tiny", f"ckpt={finetuned}", "questions=[nope]", f"hydra.run.dir={tmp_path}")
+    assert result.exit_code == 2 and "questions=nope" in result.stderr
+
+
+def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
+    result = run_cli("generate", f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.exit_code == 2 and "neither a run dir" in result.stderr
