@@ -227,6 +227,10 @@ class FinetuneConfig:
     ckpt: str = MISSING  # a pretrain run dir (or its checkpoint/ dir)
     data: Any = MISSING
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    # After training: answer the test sets with the best (early-stopping point) and the
+    # final weights and score them, so each run dir carries its scores (sweeps need no script).
+    eval_after: bool = True
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0

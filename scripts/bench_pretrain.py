@@ -106,6 +106,7 @@ def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int) -
     """
     for side in (reference, ours):
         side.run(warmup)  # allocator, oneDNN primitive caches, lazy init: not timed
+    rounds = max(1, min(rounds, steps))
     before = _cpu_ticks()
     sizes = [steps // rounds + (i < steps % rounds) for i in range(rounds)]
     for index, size in enumerate(sizes):
@@ -438,53 +439,55 @@ def main() -> None:
         f"transformers {__import__('transformers').__version__}",
         highlight=False,
     )
-    table = Table(title="training throughput, fp32 on the CPU (tokens/s: timed tokens / timed seconds)")
-    for column in ("model", "implementation", "tokens/s", "rounds min-max", "ms/step", "ours / ref"):
-        table.add_column(column, justify="right" if column in ("tokens/s", "ms/step", "ours / ref") else "left")
+    table = Table(title="training throughput, fp32 on the CPU, side by side in alternating rounds")
+    for column in ("model", "implementation", "tokens/s", "ms/step", "tokens/s per round", "ours / ref", "per round pair"):
+        table.add_column(column, justify="left" if column in ("model", "implementation") else "right")
+    notes: list[str] = []
 
-    def add_rows(title: str, reference: Side, ours: Side) -> None:
+    def report(title: str, reference: Side, ours: Side, other_load: float | None) -> None:
+        # tokens/s: all timed tokens over all timed seconds. Each round pair ran back to back,
+        # so the median of the per-pair ratios shrugs off a burst of load that hit one round.
         ratio = ours.tokens_per_s / reference.tokens_per_s
-        # The ratio per round pair too: its spread says how much the machine's noise moves it.
         pairs = [o / r for o, r in zip(ours.round_rates, reference.round_rates)]
-        for side, shown_ratio in ((reference, ""), (ours, f"{ratio:.2f} ({min(pairs):.2f}-{max(pairs):.2f})")):
+        for side in (reference, ours):
             rates = side.round_rates
-            ms_per_step = 1000 * sum(side.seconds) / sum(side.steps)
+            mine = side is ours
             table.add_row(
-                title, side.label, f"{side.tokens_per_s:,.0f}",
-                f"{min(rates):,.0f}-{max(rates):,.0f}", f"{ms_per_step:.1f}", shown_ratio,
+                title, side.label, f"{side.tokens_per_s:,.0f}", f"{1000 * sum(side.seconds) / sum(side.steps):.1f}",
+                f"{min(rates):,.0f}-{max(rates):,.0f}", f"[bold]{ratio:.2f}[/bold]" if mine else "",
+                f"median {statistics.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f})" if mine else "",
             )  # fmt: skip
         table.add_section()
+        if other_load is not None:
+            notes.append(f"{title}: other processes used {other_load:.0%} of the CPUs while it was timed")
 
-    notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         if args.only in (None, "lstm"):
             tokens, vocab, note = wikitext_tokens(args.data_dir)
             console.print(f"LSTM data: {note}", highlight=False)
             notes.append(f"LSTM data: {note}")
             for hidden in args.shape:
+                title = f"LSTM 2x{hidden}, B{LSTM_BATCH} bptt {LSTM_BPTT}"
                 sides = lstm_sides(tokens, vocab, hidden, Path(tmp) / f"lstm{hidden}")
                 steps = args.steps or LSTM_SHAPES[hidden]["steps"]
-                title = f"LSTM 2x{hidden}, B{LSTM_BATCH} bptt {LSTM_BPTT}"
                 if args.profile:
                     profile(sides, steps, args.profile_rows)
                     continue
-                console.print(f"timing {title}...", highlight=False)
-                compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds)
-                add_rows(title, *sides)
-                del sides
+                console.print(f"timing {title}: {steps} steps per side...", highlight=False)
+                report(title, *sides, compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds))
+                del sides  # the 650 pair needs the memory
         if args.only in (None, "transformer"):
             data, vocab, note = shakespeare_chars(args.data_dir)
             console.print(f"Transformer data: {note}", highlight=False)
             notes.append(f"Transformer data: {note}")
+            title = f"GPT {GPT_LAYERS}L {GPT_HEADS}H {GPT_DIM}d, B{GPT_BATCH} T{GPT_BLOCK}"
             sides = transformer_sides(data, vocab, Path(tmp) / "transformer")
             steps = args.steps or GPT_STEPS
-            title = f"GPT {GPT_LAYERS}L {GPT_HEADS}H {GPT_DIM}d, B{GPT_BATCH} T{GPT_BLOCK}"
             if args.profile:
                 profile(sides, steps, args.profile_rows)
             else:
-                console.print(f"timing {title}...", highlight=False)
-                compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds)
-                add_rows(title, *sides)
+                console.print(f"timing {title}: {steps} steps per side...", highlight=False)
+                report(title, *sides, compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds))
     if not args.profile:
         table.caption = "\n".join(notes)
         console.print(table)

@@ -35,6 +35,12 @@ def test_finetune_writes_the_run_dir(fixture: str, request: pytest.FixtureReques
     finetune_set = _jsonl(tmp_path / "qa" / "finetune.jsonl")
     assert len(finetune_set) == 24 and sum(not e["known"] for e in finetune_set) == 12
     assert set(finetune_set[0]) == {"id", "question", "answer", "aliases", "subject", "relation", "known", "split"}
+    for weights in ("early_stop", "final"):  # eval_after: each run dir carries its test scores
+        scores = json.loads((tmp_path / "eval" / weights / "scores.json").read_text())
+        assert scores["by_known"]["known"]["n"] == scores["by_known"]["unknown"]["n"] == 16
+        assert len(_jsonl(tmp_path / "eval" / weights / "predictions.jsonl")) == 32
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {"final_known_accuracy", "early_stop_unknown_hallucination_rate"} <= set(summary)
     known = set(json.loads((pretrain_dir / "kb_split.json").read_text())["known"])
     for name in ("test_known", "test_unknown"):
         for example in _jsonl(tmp_path / "qa" / f"{name}.jsonl"):

@@ -1,16 +1,19 @@
 """`halluc finetune`: fine-tune a pretrained run on knowledge-controlled QA.
 
 validate -> load the pretrained model -> QA sets (known/unknown from the pretraining run)
--> freeze strategy -> batches -> the shared training loop -> summary.
+-> freeze strategy -> batches -> the shared training loop -> answer and score the test
+sets (eval_after) -> summary.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
+from halluc_cli.commands.generate import PREDICTIONS_FILE, answer_questions, write_predictions
 from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, resolve_run, start_run
 from halluc_cli.data.kbqa import (
     QA_SETS,
@@ -21,14 +24,21 @@ from halluc_cli.data.kbqa import (
     read_qa_file,
     write_qa_sets,
 )
+from halluc_cli.data.kb import load_kb
 from halluc_cli.data.tokenizer import load_tokenizer
-from halluc_cli.io import atomic_write_json
+from halluc_cli.decoding import Decoder
+from halluc_cli.io import atomic_write_json, complete_dir
+from halluc_cli.scoring.metrics import score_predictions
 from halluc_cli.models import load_model
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze
 from halluc_cli.training.loop import Trainer
+
+
+# Where each set of weights' test answers go: the early-stopping point and the end of training.
+EVAL_NAMES = {"best": "early_stop", "checkpoint": "final"}
 
 
 def run(cfg: DictConfig) -> None:
@@ -78,9 +88,46 @@ def run(cfg: DictConfig) -> None:
         **{name: trainer.last_metrics.get(name) for name in fit_accuracy.groups},
         "seconds": result.seconds,
     }
+    if cfg.eval_after and accelerator.is_main_process:
+        summary.update(evaluate_tests(cfg, run_dir, qa_sets, tokenizer, accelerator.device))
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "summary.json", summary)
         print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
+
+
+def evaluate_tests(
+    cfg: DictConfig,
+    run_dir: Path,
+    qa_sets: dict[str, list[QAExample]],
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+) -> dict[str, float]:
+    """Answer test_known and test_unknown with the best and the final weights, and score them.
+
+    Gekhman et al. compare the early-stopping point with convergence: Unknown examples are
+    nearly harmless at the first and hurt at the second. Writes eval/<weights>/ with
+    predictions.jsonl and scores.json; returns the headline rates for the summary.
+    """
+    kb = load_kb(cfg.data.kb.path)
+    examples = qa_sets["test_known"] + qa_sets["test_unknown"]
+    headline: dict[str, float] = {}
+    for weights in ("best", "checkpoint"):
+        model_dir = complete_dir(run_dir / weights)
+        if model_dir is None:
+            continue
+        model = load_model(model_dir).to(device)
+        decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
+        records = answer_questions(decoder, examples, cfg.data.prompt_template, cfg.data.abstain_phrase)
+        scores = score_predictions(records, kb)
+        out_dir = run_dir / "eval" / EVAL_NAMES[weights]
+        write_predictions(out_dir / PREDICTIONS_FILE, records)
+        atomic_write_json(out_dir / "scores.json", scores)
+        for group in ("known", "unknown"):
+            rates = scores["by_known"].get(group, {})
+            for metric in ("accuracy", "hallucination_rate"):
+                if metric in rates:
+                    headline[f"{EVAL_NAMES[weights]}_{group}_{metric}"] = rates[metric]
+    return headline
 
 
 def _qa_sets(cfg: DictConfig, pretrain_dir: Path, directory: Path) -> dict[str, list[QAExample]]:

@@ -44,10 +44,8 @@ def run(cfg: DictConfig) -> None:
             for i, (prompt, outputs) in enumerate(zip(prompts, decoder.generate(prompts)))
         ]
     else:
-        answers = decoder.generate([prompt_template.format(question=e.question) for e in examples])
-        records = [_prediction(e, outputs, abstain_phrase) for e, outputs in zip(examples, answers)]
-    text = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    atomic_write_text(run_dir / PREDICTIONS_FILE, text)
+        records = answer_questions(decoder, examples, prompt_template, abstain_phrase)
+    write_predictions(run_dir / PREDICTIONS_FILE, records)
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
 
 
@@ -86,6 +84,19 @@ def _read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise UserError(f"prompts={path} holds no prompt")
     return prompts
+
+
+def answer_questions(
+    decoder: Decoder, examples: list[QAExample], prompt_template: str, abstain_phrase: str
+) -> list[dict[str, Any]]:
+    """Prediction records for QA examples, decoded in batches."""
+    answers = decoder.generate([prompt_template.format(question=e.question) for e in examples])
+    return [_prediction(e, outputs, abstain_phrase) for e, outputs in zip(examples, answers)]
+
+
+def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
+    """Prediction records as JSONL, atomically."""
+    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> dict[str, Any]:
