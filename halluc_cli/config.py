@@ -233,6 +233,7 @@ class FinetuneConfig:
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    mitigation: Any = MISSING  # conf/mitigation/: none | clean (data cleaning before training)
     seed: int = 0
     resume: str = "auto"
 
@@ -255,10 +256,42 @@ class KBVerifyConfig(MitigationConfig):
 
 
 @dataclass
+class CleanConfig(MitigationConfig):
+    """Data cleaning of the fine-tuning set before training; read by `halluc_cli.mitigation.clean`.
+
+    Each step can be switched off; `run_dir/cleaning_report.json` says what each removed or
+    changed and why. The probe asks the pretrained model itself (SliCK, Gekhman et al. 2024).
+    """
+
+    name: str = "clean"
+    normalize: bool = True  # tidy whitespace, drop repeated aliases and examples left empty
+    deduplicate: bool = True  # keep one of the examples with the same question and answer
+    drop_kb_contradictions: bool = True  # drop examples whose answer the KB contradicts
+    drop_conflicts: bool = True  # drop every example of a fact whose examples disagree on the answer
+    probe: bool = True  # SliCK knowledge categories from the pretrained model's own answers
+    # what to do with the examples in unknown_categories: drop | idk (relabel to data.abstain_phrase)
+    unknown_action: str = "drop"
+    # the SliCK categories the action applies to: Unknown (default) | WeaklyKnown | MaybeKnown | HighlyKnown
+    unknown_categories: list[str] = field(default_factory=lambda: ["Unknown"])
+    # statements: cloze prompts from the relation's statement templates ("The capital of X is"),
+    # what a model pretrained on statements can complete | questions: the relation's question
+    # templates in data.prompt_template after `shots` solved exemplars (SliCK's few-shot probe)
+    prompts: str = "statements"
+    shots: int = 4  # questions: exemplars before each question
+    num_samples: int = 4  # sampled answers per probe prompt (at temperature)
+    temperature: float = 0.5  # SliCK's T > 0
+    max_new_tokens: int = 8
+    batch_size: int = 64  # rows (prompt x sample) a decoding batch
+
+
+@dataclass
 class ScoreConfig:
     """`halluc score`: hallucination metrics of predictions, optionally verified against a KB."""
 
-    predictions: Any = MISSING  # a JSONL file or glob, or a list of them; several files = seeds
+    predictions: Any = None  # a JSONL file or glob, or a list of them; several files = seeds
+    # or instead: finetune run dirs (a multirun dir, a glob, or a list) to gather into
+    # summary.csv, runs.csv and plots, mean and 95% interval over seeds
+    runs: Any = None
     questions: Optional[str] = None  # the QA JSONL the predictions answer: their ids must match
     task: str = "qa"  # qa | classification (prediction vs label) | freetext (FActScore of claims)
     abstain_phrase: str = "I don't know"
@@ -297,3 +330,4 @@ def register_configs() -> None:
     store.store(name="schema_data_kbqa", node=KBQAConfig)
     store.store(name="schema_mitigation_none", node=MitigationConfig)
     store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)
+    store.store(name="schema_mitigation_clean", node=CleanConfig)

@@ -46,31 +46,48 @@ class Decoder:
         n = self.cfg.num_samples
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]]) -> list[str]:
         """Decode one batch of tokenized prompts; returns the decoded continuations."""
         self.model.eval()
         input_ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id, self.device)
-        logits, state = self.model(input_ids, None, mask, use_cache=True)
-        rows = input_ids.shape[0]
+        rows, width = input_ids.shape
+        steps = self.cfg.max_new_tokens
+        # Without padding the mask says nothing the model does not assume anyway, and leaving it
+        # out spares the Transformer building an attention mask (and position ids) every step.
+        padded = not bool(mask.all())
+        # Each step's mask is a prefix of this one: the prompts', then ones for the new tokens.
+        full_mask = torch.cat([mask, mask.new_ones(rows, steps)], dim=1) if padded else None
+        # The prompts' pass needs the logits at their last position only (the head is most of its cost).
+        logits, state = self.model(input_ids, None, mask if padded else None, use_cache=True, logits_to_keep=1)
+        is_stop = self._stop_table(logits.shape[-1])  # (V,): one lookup a step instead of isin
+        tokens = torch.empty((rows, steps), dtype=torch.long, device=self.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
-        lengths = torch.full((rows,), self.cfg.max_new_tokens, device=self.device)
-        new_tokens = []
-        for step in range(self.cfg.max_new_tokens):
+        made = 0
+        while made < steps:
             token = self._choose(logits[:, -1, :])  # (B,)
-            stopped = torch.isin(token, self.stop_ids) & ~finished
-            lengths = torch.where(stopped, step, lengths)
-            finished |= stopped
-            new_tokens.append(token)
-            if bool(finished.all()):
+            tokens[:, made] = token
+            made += 1
+            finished |= is_stop[token]
+            if made == steps or bool(finished.all()):  # no forward pass for logits nobody reads
                 break
-            mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            logits, state = self.model(token[:, None], state, mask, use_cache=True)
-        tokens = torch.stack(new_tokens, dim=1).tolist()
+            step_mask = full_mask[:, : width + made] if padded else None
+            logits, state = self.model(token[:, None], state, step_mask, use_cache=True)
+        tokens = tokens[:, :made]
+        # A row's answer is its tokens before its first stop token: count the leading non-stops.
+        lengths = (~is_stop[tokens]).int().cumprod(-1).sum(-1)  # (B,)
         return [
             self.tokenizer.decode(row[:length], skip_special_tokens=True).strip()
-            for row, length in zip(tokens, lengths.tolist())
+            for row, length in zip(tokens.tolist(), lengths.tolist())
         ]
+
+    def _stop_table(self, vocab_size: int) -> torch.Tensor:
+        """A (V,) bool table, True at the stop ids; read from `stop_ids` at every batch."""
+        stop_ids = self.stop_ids.to(device=self.device, dtype=torch.long)
+        size = max(vocab_size, int(stop_ids.max()) + 1 if stop_ids.numel() else 0)
+        table = torch.zeros(size, dtype=torch.bool, device=self.device)
+        table[stop_ids] = True
+        return table
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token of each row: argmax, or a sample after temperature, top-k, top-p."""

@@ -11,10 +11,13 @@ Everything is built and timed in this one process, from a fixed seed, untrained:
     naive     a loop that re-runs the whole sequence at every step (no cache), argmax.
     halluc    our `Decoder` (decoding=greedy) through `generate_ids`, which also decodes the
               continuations to text.
-- lstm: a 2x200 `LSTMLanguageModel` (the classic word LM's small shape, vocabulary
-  --lstm-vocab, by default WikiText-2's 33,278 words): our `Decoder`, and as a floor the
-  same modules called by hand (embedding -> nn.LSTM layers -> decoder -> argmax, the state
-  carried, no masks, no packing, no text): what any LSTM decoder has to spend.
+- lstm: a 2x200 `LSTMLanguageModel` (the classic word LM's small shape; vocabulary
+  --lstm-vocab, by default WikiText-2's 33,278 words, several sizes allowed): our `Decoder`;
+  as the reference a plain loop over the same modules, as PyTorch's word LM example's
+  generate.py decodes (embedding -> each nn.LSTM layer -> decoder -> argmax, the state
+  carried; no masks, no packing, no text); and as a bound the decoder layer (200 x
+  vocabulary) and argmax alone on a fixed hidden state: no decoder of this model can beat
+  it, as every token needs that product.
 
 So that no side stops early, the `Decoder` is built as usual and its stop set emptied
 afterwards (`decoder.stop_ids = torch.empty(0, dtype=torch.long)`): it then always makes N
@@ -23,7 +26,9 @@ tokens, as `generate` with min_new_tokens does. That is the only change to it.
 Each batch size (1 and 32) is timed in --repeats rounds; in every round each side decodes
 once, and the order of the sides rotates from round to round (A B C, B C A, ...) so drift on
 a busy machine falls on all sides alike. The figures are medians over the rounds, and the
-ratios are against `generate` (gpt2) or the floor (lstm) measured in the same run.
+ratios are against `generate` (gpt2) or the plain loop (lstm) measured in the same run.
+On a machine that other jobs share, --threads 1 gives steadier figures: two threads each in
+two busy processes on two cores spend much of their time waiting on each other.
 
 Usage:
     python scripts/bench_generate.py                       # both models, ~1-2 minutes on 2 cores
@@ -163,11 +168,10 @@ def halluc_side(model: LanguageModel, tokenizer, prompts: list[list[int]], new_t
     return Side("halluc Decoder", run)
 
 
-def lstm_floor_side(model: LSTMLanguageModel, prompts: list[list[int]], new_tokens: int) -> Side:
-    """The LSTM's modules called by hand: the cost of the arithmetic, with no decoder around it.
+def lstm_plain_loop_side(model: LSTMLanguageModel, prompts: list[list[int]], new_tokens: int) -> Side:
+    """The LSTM's modules called by hand, one token a step, as the word LM example generates.
 
-    The prompt is run unpadded row by row (no packing); only the new tokens' steps are what
-    the floor is about.
+    The prompts are run unpadded one by one (no packing), then decoded together.
     """
     layers, embedding, head = list(model.layers), model.embedding, model.decoder
 
@@ -180,9 +184,9 @@ def lstm_floor_side(model: LSTMLanguageModel, prompts: list[list[int]], new_toke
                 x, layer_state = layer(x)
                 row_state.append(layer_state)
             states.append(row_state)
-            last.append(head(x[:, -1]))
+            last.append(x[:, -1])
         state = [tuple(torch.cat([s[i][j] for s in states], dim=1) for j in range(2)) for i in range(len(layers))]
-        token = torch.cat(last).argmax(-1)
+        token = head(torch.cat(last)).argmax(-1)  # one product for the batch, as at every step
         out = [token]
         for _ in range(new_tokens - 1):
             x = embedding(token[:, None])
@@ -196,7 +200,20 @@ def lstm_floor_side(model: LSTMLanguageModel, prompts: list[list[int]], new_toke
         torch.stack(out, dim=1).tolist()
         return len(prompts) * new_tokens
 
-    return Side("floor: the modules by hand", run)
+    return Side("plain loop over nn.LSTM", run)
+
+
+def lstm_head_bound_side(model: LSTMLanguageModel, batch: int, new_tokens: int) -> Side:
+    """Only the decoder layer and argmax of every step: the part no LSTM decoder avoids."""
+    hidden = torch.randn(batch, model.decoder.in_features, generator=torch.Generator().manual_seed(0))
+
+    @torch.inference_mode()
+    def run() -> int:
+        for _ in range(new_tokens):
+            model.decoder(hidden).argmax(-1)
+        return batch * new_tokens
+
+    return Side("bound: decoder layer + argmax", run)
 
 
 # --------------------------------------------------------------------------- models
@@ -253,7 +270,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch size")
     parser.add_argument("--only", choices=["gpt2", "lstm"], help="one model only")
     parser.add_argument("--gpt2-vocab", type=int, default=8_000)
-    parser.add_argument("--lstm-vocab", type=int, default=WIKITEXT_VOCAB)
+    parser.add_argument("--lstm-vocab", type=int, nargs="+", default=[WIKITEXT_VOCAB], help="one or more sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--profile", action="store_true", help="also profile our decoder (cProfile)")
     args = parser.parse_args()
@@ -262,8 +279,8 @@ def main() -> None:
     n = args.new_tokens
 
     table = Table(title=f"Greedy decoding, {n} new tokens per prompt, median of {args.repeats} rounds")
-    for column in ("model", "batch", "side", "tokens/s", "vs reference", "rounds (tokens/s)"):
-        table.add_column(column, justify="right" if column in ("batch", "tokens/s", "vs reference") else "left")
+    for column in ("model", "batch", "side", "tokens/s", "vs reference", "rounds: min-max"):
+        table.add_column(column, justify="left" if column in ("model", "side") else "right")
     notes = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
 
     if args.only in (None, "gpt2"):
@@ -282,12 +299,16 @@ def main() -> None:
             if args.profile:
                 profile_decoder(model, tokenizer, prompts, n, label)
 
-    if args.only in (None, "lstm"):
-        model, tokenizer = lstm_model(args.lstm_vocab)
+    for vocab in args.lstm_vocab if args.only in (None, "lstm") else []:
+        model, tokenizer = lstm_model(vocab)
         label = f"LSTM {LSTM_LAYERS}x{LSTM_DIM}, vocab {len(tokenizer):,}"
         for batch in BATCHES:
             prompts = random_prompts(tokenizer, batch, seed=batch)
-            sides = [lstm_floor_side(model, prompts, n), halluc_side(model, tokenizer, prompts, n)]
+            sides = [
+                lstm_plain_loop_side(model, prompts, n),
+                halluc_side(model, tokenizer, prompts, n),
+                lstm_head_bound_side(model, batch, n),
+            ]
             time_rounds(sides, args.repeats)
             add_rows(table, label, batch, sides)
             if args.profile:
@@ -307,7 +328,7 @@ def add_rows(table: Table, label: str, batch: int, sides: list[Side]) -> None:
             side.label,
             f"{side.median:,.0f}",
             "reference" if index == 0 else f"{side.median / reference:.2f}x",
-            " ".join(f"{rate:,.0f}" for rate in side.rates),
+            f"{min(side.rates):,.0f}-{max(side.rates):,.0f}",
             end_section=index == len(sides) - 1,
         )
 

@@ -98,29 +98,53 @@ class Side:
         return [t / s for t, s in zip(self.tokens, self.seconds)]
 
 
-def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int) -> float | None:
+@dataclass
+class Timing:
+    """How a comparison's timed rounds went on a possibly shared machine."""
+
+    other_load: float | None = None  # share of all CPUs other processes took in the kept rounds
+    discarded: int = 0  # round pairs re-run because other processes were busy
+
+
+def compare(reference: Side, ours: Side, steps: int, warmup: int, rounds: int, max_other_load: float) -> Timing:
     """Time both sides for `steps` steps each, in `rounds` alternating rounds after warmup.
 
-    Returns the share of the machine's CPU time that other processes took meanwhile (None
-    where /proc/stat is unreadable): the noise behind the numbers on a shared machine.
+    A round pair (one round of each side, back to back) during which other processes took
+    more than `max_other_load` of the CPUs is thrown away and run again, at most `rounds`
+    times in all: two busy threads of another program can halve a 2-core machine's speed,
+    unevenly between the sides.
     """
     for side in (reference, ours):
         side.run(warmup)  # allocator, oneDNN primitive caches, lazy init: not timed
     rounds = max(1, min(rounds, steps))
-    before = _cpu_ticks()
     sizes = [steps // rounds + (i < steps % rounds) for i in range(rounds)]
-    for index, size in enumerate(sizes):
+    timing, loads, index = Timing(), [], 0
+    while index < len(sizes):
+        before = _cpu_ticks()
         # A B, B A, A B...: each side goes first in half the rounds.
-        for side in (reference, ours) if index % 2 == 0 else (ours, reference):
-            tokens, seconds = side.run(size)
+        pair = [(side, *side.run(sizes[index])) for side in ((reference, ours) if index % 2 == 0 else (ours, reference))]
+        load = _other_load(before, _cpu_ticks())
+        if load is not None and load > max_other_load and timing.discarded < rounds:
+            timing.discarded += 1
+            time.sleep(1.0)  # let a burst of other work pass
+            continue
+        for side, tokens, seconds in pair:
             side.tokens.append(tokens)
             side.seconds.append(seconds)
-            side.steps.append(size)
-    after = _cpu_ticks()
+            side.steps.append(sizes[index])
+        loads.append(load)
+        index += 1
+    if None not in loads:
+        timing.other_load = statistics.mean(loads)
+    return timing
+
+
+def _other_load(before: tuple[int, int, float] | None, after: tuple[int, int, float] | None) -> float | None:
+    """The share of all CPU time between two `_cpu_ticks()` that other processes used."""
     if before is None or after is None:
         return None
-    (total0, busy0, ours0), (total1, busy1, ours1) = before, after
-    return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / max(1, total1 - total0)
+    (total0, busy0, own0), (total1, busy1, own1) = before, after
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0)
 
 
 def _cpu_ticks() -> tuple[int, int, float] | None:
@@ -236,11 +260,12 @@ def lstm_sides(tokens: np.ndarray, vocab: int, hidden: int, run_dir: Path) -> tu
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
         super().__init__()
-        self.n_head, self.n_embd = n_head, n_embd
-        self.c_attn = nn.Linear(n_embd, 3 * n_embd)  # q, k, v for all heads in one matmul
-        self.c_proj = nn.Linear(n_embd, n_embd)
+        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -248,29 +273,31 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=dropout, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.c_proj(y)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, n_embd: int) -> None:
+    def __init__(self, n_embd: int, bias: bool, dropout: float) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(n_embd, 4 * n_embd)
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * n_embd, n_embd)
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int) -> None:
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = CausalSelfAttention(n_embd, n_head)
-        self.ln_2 = nn.LayerNorm(n_embd)
-        self.mlp = MLP(n_embd)
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, bias, dropout)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, bias, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -278,16 +305,17 @@ class Block(nn.Module):
 
 
 class NanoGPT(nn.Module):
-    """nanoGPT's model.py GPT with dropout 0 (its Dropout modules are then no-ops)."""
+    """nanoGPT's model.py GPT, as train.py builds it: no biases (`bias = False`), tied head."""
 
-    def __init__(self, vocab: int, block: int, n_layer: int, n_head: int, n_embd: int) -> None:
+    def __init__(self, vocab: int, block: int, n_layer: int, n_head: int, n_embd: int, bias: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(vocab, n_embd),
                 wpe=nn.Embedding(block, n_embd),
-                h=nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer)),
-                ln_f=nn.LayerNorm(n_embd),
+                drop=nn.Dropout(dropout),
+                h=nn.ModuleList(Block(n_embd, n_head, bias, dropout) for _ in range(n_layer)),
+                ln_f=nn.LayerNorm(n_embd, bias=bias),
             )
         )
         self.lm_head = nn.Linear(n_embd, vocab, bias=False)
@@ -307,7 +335,7 @@ class NanoGPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = idx.size(1)
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
@@ -323,13 +351,25 @@ class NanoGPT(nn.Module):
         return torch.optim.AdamW(groups, lr=GPT_LR, betas=GPT_BETAS)
 
 
-def nanogpt_side(data: np.ndarray, vocab: int) -> Side:
-    """nanoGPT's train.py loop: random-offset batch, forward, backward, clip, step, log."""
+def nanogpt_side(data: np.ndarray, vocab: int, run_dir: Path) -> Side:
+    """nanoGPT's train.py loop: memmapped random-offset batch, forward, backward, clip, step, log."""
     model = NanoGPT(vocab, GPT_BLOCK, GPT_LAYERS, GPT_HEADS, GPT_DIM)
     model.train()
     optimizer = model.configure_optimizers()
     ctx = nullcontext()  # train.py: no autocast on a CPU
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # only enabled for float16 on CUDA
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_bin = run_dir / "train.bin"  # prepare.py's output: uint16 token ids
+    data.astype(np.uint16).tofile(train_bin)
     state = {"iter": 0}
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        # train.py re-opens the memmap every batch (to avoid a memory leak, it says).
+        mm = np.memmap(train_bin, dtype=np.uint16, mode="r")
+        ix = torch.randint(len(mm) - GPT_BLOCK, (GPT_BATCH,))
+        x = torch.stack([torch.from_numpy(mm[i : i + GPT_BLOCK].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(mm[i + 1 : i + 1 + GPT_BLOCK].astype(np.int64)) for i in ix])
+        return x, y
 
     def get_lr(it: int) -> float:
         if it < GPT_WARMUP:
@@ -341,14 +381,14 @@ def nanogpt_side(data: np.ndarray, vocab: int) -> Side:
         lr = get_lr(state["iter"])
         for group in optimizer.param_groups:
             group["lr"] = lr
-        ix = torch.randint(len(data) - GPT_BLOCK, (GPT_BATCH,))
-        x = torch.stack([torch.from_numpy(data[i : i + GPT_BLOCK].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + GPT_BLOCK].astype(np.int64)) for i in ix])
+        x, y = get_batch()
         with ctx:
             _, loss = model(x, y)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), GPT_CLIP)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         loss.item()  # log_interval=1 in nanoGPT's CPU command
         state["iter"] += 1
@@ -384,7 +424,7 @@ def shakespeare_chars(data_dir: Path) -> tuple[np.ndarray, int, str]:
 
 def transformer_sides(data: np.ndarray, vocab: int, run_dir: Path) -> tuple[Side, Side]:
     torch.manual_seed(0)
-    reference = nanogpt_side(data, vocab)
+    reference = nanogpt_side(data, vocab, run_dir / "nanogpt")
     model_cfg = TransformerConfig(
         architecture="gpt2", hidden_dim=GPT_DIM, num_layers=GPT_LAYERS, num_heads=GPT_HEADS,
         max_positions=GPT_BLOCK, dropout=0.0, tie_weights=True,
@@ -422,6 +462,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="timed steps per side (default: LSTM 200: 32, 650: 16; transformer: 240)")
     parser.add_argument("--warmup", type=int, help="untimed steps per side first (default: steps / 8, at least 2)")
     parser.add_argument("--rounds", type=int, default=8, help="alternating timed rounds the steps are split into")
+    parser.add_argument("--max-other-load", type=float, default=0.15,
+                        help="re-run a round pair when other processes took more than this share of the CPUs")  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--data-dir", type=Path, default=SHARED_DATA,
                         help=f"holds wikitext-2/train.txt and tinyshakespeare/input.txt (default: {SHARED_DATA})")  # fmt: skip
@@ -444,7 +486,7 @@ def main() -> None:
         table.add_column(column, justify="left" if column in ("model", "implementation") else "right")
     notes: list[str] = []
 
-    def report(title: str, reference: Side, ours: Side, other_load: float | None) -> None:
+    def report(title: str, reference: Side, ours: Side, timing: Timing) -> None:
         # tokens/s: all timed tokens over all timed seconds. Each round pair ran back to back,
         # so the median of the per-pair ratios shrugs off a burst of load that hit one round.
         ratio = ours.tokens_per_s / reference.tokens_per_s
@@ -458,8 +500,11 @@ def main() -> None:
                 f"median {statistics.median(pairs):.2f} ({min(pairs):.2f}-{max(pairs):.2f})" if mine else "",
             )  # fmt: skip
         table.add_section()
-        if other_load is not None:
-            notes.append(f"{title}: other processes used {other_load:.0%} of the CPUs while it was timed")
+        if timing.other_load is not None:
+            notes.append(
+                f"{title}: other processes used {timing.other_load:.0%} of the CPUs in the kept rounds; "
+                f"{timing.discarded} busy round pair(s) re-run"
+            )
 
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         if args.only in (None, "lstm"):
@@ -474,7 +519,7 @@ def main() -> None:
                     profile(sides, steps, args.profile_rows)
                     continue
                 console.print(f"timing {title}: {steps} steps per side...", highlight=False)
-                report(title, *sides, compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds))
+                report(title, *sides, compare(*sides, steps, _warmup(args, steps), args.rounds, args.max_other_load))
                 del sides  # the 650 pair needs the memory
         if args.only in (None, "transformer"):
             data, vocab, note = shakespeare_chars(args.data_dir)
@@ -487,7 +532,7 @@ def main() -> None:
                 profile(sides, steps, args.profile_rows)
             else:
                 console.print(f"timing {title}: {steps} steps per side...", highlight=False)
-                report(title, *sides, compare(*sides, steps=steps, warmup=_warmup(args, steps), rounds=args.rounds))
+                report(title, *sides, compare(*sides, steps, _warmup(args, steps), args.rounds, args.max_other_load))
     if not args.profile:
         table.caption = "\n".join(notes)
         console.print(table)

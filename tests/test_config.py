@@ -26,12 +26,14 @@ PRIMARY_FOR_GROUP = {
     "decoding": "generate",
     **{f"{command}/experiment": command for command in PRIMARY},
 }
+# Files of a shared group that another command reads (score verifies, finetune cleans).
+PRIMARY_FOR_FILE = {"mitigation/clean.yaml": "finetune"}
 # Every YAML file under conf/, so a new one cannot slip past this test uncomposed.
 ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*.yaml"))
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 29, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 32, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str]):
@@ -55,13 +57,21 @@ def test_each_config_file_composes_and_resolves(path: str) -> None:
     if path == "data/text.yaml":
         overrides.append("data.train=[some.txt]")  # the one value text.yaml leaves to the user
     group, _, option = path.removesuffix(".yaml").rpartition("/")
-    primary = option if group == "" else PRIMARY_FOR_GROUP.get(group, "pretrain")
+    primary = option if group == "" else PRIMARY_FOR_FILE.get(path, PRIMARY_FOR_GROUP.get(group, "pretrain"))
     cfg = _compose(primary, overrides + PRIMARY[primary])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if primary == "pretrain":
         assert resolved["model"]["name"] in ("lstm", "transformer")
     if group in ("freeze", "mitigation"):
         assert resolved[group]["name"] == option
+
+
+def test_finetune_mitigation_defaults_to_none_and_clean_is_typed() -> None:
+    assert _compose("finetune", ["ckpt=some/run"]).mitigation.name == "none"
+    cfg = _compose("finetune", ["ckpt=some/run", "mitigation=clean"])
+    assert cfg.mitigation.unknown_categories == ["Unknown"] and cfg.mitigation.unknown_action == "drop"
+    with pytest.raises(ConfigCompositionException, match="num_samples"):
+        _compose("finetune", ["ckpt=some/run", "mitigation=clean", "mitigation.num_samples=many"])
 
 
 def test_misspelled_key_fails_naming_the_key() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from halluc_cli.config import DecodingConfig, LSTMConfig, TokenizerConfig, TransformerConfig
 from halluc_cli.data.tokenizer import train_tokenizer
-from halluc_cli.decoding import Decoder, _top_p_filter
+from halluc_cli.decoding import Decoder, _left_pad, _top_p_filter
 from halluc_cli.errors import UserError
 from halluc_cli.models import build_model
 
@@ -53,6 +53,59 @@ def test_decoding_with_the_cache_equals_recomputing_the_whole_sequence(cfg, toke
         ids.append(next_id)
     prompt_length = len(tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"])
     assert cached == tokenizer.decode(ids[prompt_length:]).strip()
+
+
+@pytest.mark.parametrize("cfg", MODELS, ids=["lstm", "gpt2", "llama"])
+def test_logits_to_keep_gives_the_last_positions_of_all_logits(cfg, tokenizer) -> None:
+    torch.manual_seed(2)
+    model = build_model(cfg, tokenizer).eval()
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    input_ids, mask = _left_pad(ids, tokenizer.pad_token_id, torch.device("cpu"))
+    with torch.no_grad():
+        for attention_mask in (mask, None):  # left padding (the LSTM packs it), and none
+            every, _ = model(input_ids, None, attention_mask)
+            for keep in (1, 3):
+                kept, _ = model(input_ids, None, attention_mask, logits_to_keep=keep)
+                assert kept.shape == (len(PROMPTS), keep, len(tokenizer))
+                assert torch.allclose(kept, every[:, -keep:], atol=1e-6)
+
+
+def test_lstm_decoding_steps_equal_one_long_pass(tokenizer) -> None:
+    # Without gradients a one-token step runs the LSTM cell directly, not nn.LSTM.
+    torch.manual_seed(5)
+    model = build_model(MODELS[0], tokenizer).eval()
+    ids = torch.randint(0, len(tokenizer), (3, 7))
+    with torch.no_grad():
+        whole, _ = model(ids)
+        logits, state = model(ids[:, :3])
+        steps = [logits]
+        for position in range(3, 7):
+            logits, state = model(ids[:, position : position + 1], state, use_cache=True)
+            steps.append(logits)
+    assert torch.allclose(torch.cat(steps, dim=1), whole, atol=1e-6)
+
+
+@pytest.mark.parametrize("cfg", MODELS[:2], ids=["lstm", "gpt2"])
+def test_rows_of_a_batch_stop_at_their_own_stop_token(cfg, tokenizer) -> None:
+    torch.manual_seed(4)
+    model = build_model(cfg, tokenizer)
+    decoding = DecodingConfig(max_new_tokens=8, stop_at_newline=False)
+    free = Decoder(model, tokenizer, decoding)
+    free.stop_ids = torch.empty(0, dtype=torch.long)  # never stops: the whole 8 tokens
+    unstopped = [outputs[0] for outputs in free.generate(PROMPTS)]
+    words = unstopped[0].split()
+    # The first word of the first row's answer that is not its first: that row stops there,
+    # past its first token; the others where the word comes, if ever.
+    stop_word = next(word for word in words if word != words[0])
+    decoder = Decoder(model, tokenizer, decoding)
+    decoder.stop_ids = torch.tensor([tokenizer.convert_tokens_to_ids(stop_word)])
+    batched = [outputs[0] for outputs in decoder.generate(PROMPTS)]
+    alone = [decoder.generate([p])[0][0] for p in PROMPTS]
+    assert batched == alone
+    expected = [" ".join(row.split()[: row.split().index(stop_word)]) if stop_word in row.split() else row for row in unstopped]
+    assert batched == expected
+    assert batched[0] == " ".join(words[: words.index(stop_word)]) != ""
+    assert len({len(row.split()) for row in batched}) > 1  # the rows stopped at different steps
 
 
 def test_sampling_is_seeded_and_gives_num_samples(tokenizer) -> None:

@@ -166,7 +166,7 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_predictions_not_given(tmp_path: Path) -> None:
-    _one_line_error(tmp_path, [], "missing required value(s) predictions")
+    _one_line_error(tmp_path, [], "give predictions=<file.jsonl> or runs=<multirun dir>")
 
 
 def test_missing_file_and_empty_glob(tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.io import atomic_write_json, complete_dir
 from halluc_cli.scoring.metrics import score_predictions
-from halluc_cli.models import load_model
+from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
+from halluc_cli.models import count_parameters, load_model
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator
 from halluc_cli.training.evaluators import FitAccuracy
@@ -43,6 +44,7 @@ EVAL_NAMES = {"best": "early_stop", "checkpoint": "final"}
 
 def run(cfg: DictConfig) -> None:
     """Fine-tune the checkpoint in `cfg.ckpt`; everything lands in the Hydra run dir."""
+    check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
     run_dir = start_run(cfg)
     pretrain_dir, checkpoint = resolve_run(cfg.ckpt)
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
@@ -53,13 +55,17 @@ def run(cfg: DictConfig) -> None:
     if resume_from is not None:
         freeze.restore(model, resume_from)
     describe_model(model, notes=freeze.notes)
+    trainable, total = count_parameters(model)  # after freezing (gradual: at the start), for halluc score
     qa_sets = _qa_sets(cfg, pretrain_dir, run_dir / "qa")
 
     def batches(examples: list[QAExample]) -> ExampleBatches:
         encoded = [_encode(tokenizer, cfg.data, example) for example in examples]
         return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
 
-    finetune_set = qa_sets["finetune"]
+    # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
+    finetune_set = prepare_finetune_set(
+        cfg, qa_sets["finetune"], model, tokenizer, accelerator.device, run_dir, resuming=resume_from is not None
+    )
     # Gekhman et al.: Unknown examples are fitted more slowly than Known ones; watch both.
     fit_groups = {
         "train_acc_known": [e for e in finetune_set if e.known],
@@ -87,6 +93,8 @@ def run(cfg: DictConfig) -> None:
         "best_val_loss": result.best_val_loss,
         **{name: trainer.last_metrics.get(name) for name in fit_accuracy.groups},
         "seconds": result.seconds,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
     }
     if cfg.eval_after and accelerator.is_main_process:
         summary.update(evaluate_tests(cfg, run_dir, qa_sets, tokenizer, accelerator.device))

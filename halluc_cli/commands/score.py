@@ -4,6 +4,8 @@ check settings -> read and check every prediction file (and its ids against `que
 per file: (KB verification) -> metrics -> mean and 95% interval over the files (seeds) ->
 scores.json (+ predictions_verified.jsonl) in the run dir -> rich tables.
 Nothing is written until every input has been read and found valid.
+Or `runs=`: gather a sweep of finetune runs (their eval/*/scores.json) into summary.csv,
+runs.csv, PNG plots and a table, mean and 95% interval over seeds.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from halluc_cli.commands.common import console
 from halluc_cli.data.kb import load_kb
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, atomic_write_json, atomic_write_text
+from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import POLICIES, KBVerifier, verification_summary
 
@@ -40,8 +45,11 @@ _EXAMPLES = 3  # ids named in an id-mismatch error
 
 
 def run(cfg: DictConfig) -> None:
-    """Score the configured prediction files; scores.json and the tables land in the run dir."""
+    """Score the configured prediction files (or gather `runs`); results land in the run dir."""
     _check_settings(cfg)
+    if cfg.runs is not None:
+        _gather_runs(cfg)
+        return
     files = _read_inputs(cfg)
     verifier = None
     if cfg.task != "classification":
@@ -72,9 +80,21 @@ def run(cfg: DictConfig) -> None:
 
 def _check_settings(cfg: DictConfig) -> None:
     """Reject settings that cannot work together before reading any file."""
+    if cfg.predictions is None and cfg.runs is None:
+        raise UserError("give predictions=<file.jsonl> or runs=<multirun dir>")
+    if cfg.predictions is not None and cfg.runs is not None:
+        raise UserError("give predictions=<file.jsonl> or runs=<multirun dir>, not both")
+    if cfg.runs is not None and (cfg.task != "qa" or cfg.mitigation.name != "none"):
+        raise UserError("runs= gathers the QA scores finetune wrote; drop task= and mitigation= "
+                        "(they apply to predictions=)")
     if cfg.task not in FIELDS:
         raise UserError(f"task={cfg.task} is not a scoring task; use task=qa, classification or freetext")
     name = cfg.mitigation.name
+    if name == "clean":
+        raise UserError(
+            "mitigation=clean cleans fine-tuning data: use it with halluc finetune; "
+            "halluc score takes mitigation=none or kb_verify"
+        )
     if name not in MITIGATIONS:
         raise UserError(f"mitigation={name} does not apply to halluc score; use mitigation=none or kb_verify")
     if name == "kb_verify":
@@ -271,6 +291,81 @@ def _interval_note(seeds: int) -> str:
     if seeds == 1:
         return "one prediction file: each interval is the value itself (give several files for a 95% interval)"
     return f"mean and 95% t-interval (low, high) over {seeds} prediction files"
+
+
+# --- gathering finetune runs -------------------------------------------------------------
+
+
+def _gather_runs(cfg: DictConfig) -> None:
+    """Every run `cfg.runs` names -> summary.csv, runs.csv, plots and a table in the run dir."""
+    from halluc_cli.scoring.plots import draw_plots  # matplotlib: imported only when plotting
+
+    sweep = aggregate.gather(cfg.runs)
+    for path, why in sweep.skipped:
+        console.print(f"[yellow]warning[/yellow]: skipped {path}: {why}", highlight=False)
+    for note in sweep.notes:
+        console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
+    run_dir = _start_run(cfg)
+    aggregate.write_csv(run_dir / aggregate.SUMMARY_FILE, aggregate.summary_rows(sweep.groups),
+                        aggregate.SUMMARY_COLUMNS)
+    aggregate.write_csv(run_dir / aggregate.RUNS_FILE, aggregate.run_rows(sweep.runs), aggregate.RUN_COLUMNS)
+    _print_sweep(sweep)
+    plots, notes = draw_plots(sweep, run_dir)
+    for name in (aggregate.SUMMARY_FILE, aggregate.RUNS_FILE):
+        console.print(f"[bold]wrote[/bold] {run_dir / name}", highlight=False)
+    for path in plots:
+        console.print(f"[bold]plot[/bold] {path}", highlight=False)
+    for note in notes:
+        console.print(f"no plot {note}", highlight=False)
+
+
+# The table's rates (summary.csv has every one, overall abstention too).
+_SWEEP_COLUMNS = {
+    "known_accuracy": "acc\nknown",
+    "unknown_accuracy": "acc\nunknown",
+    "known_hallucination_rate": "halluc.\nknown",
+    "unknown_hallucination_rate": "halluc.\nunknown",
+    "hallucination_rate": "halluc.\nall",
+    "unknown_abstention_rate": "abstain\nunknown",
+}
+
+
+def _print_sweep(sweep: aggregate.Sweep) -> None:
+    """A row per group and eval point: the choices that vary, seeds, then each rate as
+    mean [95% interval] over seeds."""
+    varying = sweep.varying()
+    fixed = aggregate.describe(sweep.groups[0].choices, [name for name in aggregate.CHOICES if name not in varying])
+    table = Table(title=f"{len(sweep.runs)} finetune runs in {len(sweep.groups)} groups, "
+                        "mean \\[95% interval] over seeds" + (f"; all runs: {escape(fixed)}" if fixed else ""))
+    for name in varying:
+        table.add_column(name.replace("_", " "), overflow="fold")  # fold: a narrow terminal hides nothing
+    table.add_column("eval", overflow="fold")
+    table.add_column("seeds", justify="right")
+    for header in _SWEEP_COLUMNS.values():
+        table.add_column(header, justify="right", overflow="fold")
+    for group in sweep.groups:
+        for point in aggregate.EVAL_POINTS:
+            stats = aggregate.group_stats(group, point)
+            if not stats["n_seeds"]:
+                continue
+            choices = [f"{group.choices[name]:g}" if isinstance(group.choices[name], float)
+                       else escape(str(group.choices[name])) for name in varying]
+            cells = [_interval_cell(stats[metric]) for metric in _SWEEP_COLUMNS]
+            table.add_row(*choices, point, str(stats["n_seeds"]), *cells)
+    if console.is_terminal:
+        console.print(table)  # fitted to the terminal, intervals wrapped onto more lines
+    else:  # a log or a pipe gets the table whole, a line per row
+        width = Console(width=1000).measure(table).maximum
+        Console(file=console.file, width=width, soft_wrap=True).print(table)
+
+
+def _interval_cell(stat: Mapping[str, float] | None) -> str:
+    """"0.750" for one seed, "0.750 [0.432, 1.068]" (the interval on a second line) for several."""
+    if stat is None:
+        return "-"
+    if stat["n"] > 1:
+        return f"{stat['mean']:.3f}\n[{stat['low']:.3f}, {stat['high']:.3f}]"
+    return f"{stat['mean']:.3f}"
 
 
 # --- tables ------------------------------------------------------------------------------

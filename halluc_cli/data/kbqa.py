@@ -57,14 +57,15 @@ def load_facts(cfg: KBQAConfig) -> KnowledgeBase:
 
 
 def split_subjects(kb: KnowledgeBase, cfg: KBQAConfig) -> dict[str, list[str]]:
-    """Known and unknown subjects, drawn by `cfg.split_seed` (and capped at `max_subjects`)."""
+    """Known and unknown subjects, drawn by `cfg.split_seed` (and capped at `max_subjects`),
+    with the relations whose facts count (the corpus states every relation of a known subject)."""
     subjects = kb.subjects()
     rng = random.Random(cfg.split_seed)
     rng.shuffle(subjects)
     if cfg.max_subjects:
         subjects = subjects[: cfg.max_subjects]
     cut = round(len(subjects) * cfg.known_fraction)
-    return {"known": sorted(subjects[:cut]), "unknown": sorted(subjects[cut:])}
+    return {"known": sorted(subjects[:cut]), "unknown": sorted(subjects[cut:]), "relations": kb.relations}
 
 
 def render_corpus(cfg: KBQAConfig, general_lines: list[str]) -> tuple[dict[str, list[str]], list[str], dict[str, Any]]:
@@ -122,8 +123,17 @@ def _vocabulary_lines(kb: KnowledgeBase, cfg: KBQAConfig) -> list[str]:
 
 
 def build_qa_sets(cfg: KBQAConfig, split: dict[str, list[str]], seed: int) -> dict[str, list[QAExample]]:
-    """Fine-tuning, validation and test sets; the fine-tuning set's unknown share is exact."""
-    kb = load_facts(cfg)
+    """Fine-tuning, validation and test sets; the fine-tuning set's unknown share is exact.
+
+    Only the relations the pretraining run covered count: asking about another relation of
+    a "known" subject would ask about a fact the model never saw.
+    """
+    covered = set(split["relations"])
+    kb = KnowledgeBase(fact for fact in load_facts(cfg).facts if fact.relation in covered)
+    if not kb.facts:
+        raise UserError(
+            f"data.relations={list(cfg.relations)} share no relation with the pretraining run's {sorted(covered)}"
+        )
     known_subjects = set(split["known"])
     unknown_subjects = set(split["unknown"])
     rng = random.Random(seed)
@@ -183,7 +193,10 @@ def load_split(pretrain_dir: Path) -> dict[str, list[str]]:
             f"{pretrain_dir} has no {SPLIT_FILE}: data=kbqa fine-tuning needs a model pretrained with "
             "data=kbqa (the split says which facts it saw)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    split = json.loads(path.read_text(encoding="utf-8"))
+    if not {"known", "unknown", "relations"} <= set(split):
+        raise UserError(f"{path} lacks known/unknown/relations; pretrain that run again with this version")
+    return split
 
 
 def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:

@@ -114,7 +114,10 @@ class TransformerLanguageModel(LanguageModel):
         state: State = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, State]:
+        # logits_to_keep: logits of the last this many positions only (0: all), as in
+        # `transformers`, where generation asks for 1 on the prompt pass.
         position_ids = None
         if attention_mask is not None:
             # Left padding shifts the real tokens right; count positions over real tokens only,
@@ -126,6 +129,7 @@ class TransformerLanguageModel(LanguageModel):
             position_ids=position_ids,
             past_key_values=state if use_cache else None,
             use_cache=use_cache,
+            **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         return output.logits, output.past_key_values if use_cache else None
 

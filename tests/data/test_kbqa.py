@@ -113,3 +113,13 @@ def test_tokenizer_lines_cover_unknown_answers_without_pairing_them() -> None:
     assert "Paris" in tokenizer_lines and "France" in tokenizer_lines
     assert not any("Paris" in line and "France" in line for line in tokenizer_lines)
     assert OmegaConf.to_container(cfg.kb.relations)["capital"]["questions"]
+
+
+def test_questions_only_about_relations_the_pretraining_covered() -> None:
+    pretrain_cfg = _cfg("data.relations=[capital]")
+    split = split_subjects(load_facts(pretrain_cfg), pretrain_cfg)
+    assert split["relations"] == ["capital"]
+    sets = build_qa_sets(_cfg("data.finetune_size=20", "data.valid_size=6"), split, seed=0)
+    assert {e.relation for name in sets for e in sets[name]} == {"capital"}
+    with pytest.raises(UserError, match="share no relation"):
+        build_qa_sets(_cfg("data.relations=[currency]"), split, seed=0)

@@ -1,0 +1,264 @@
+"""The plots of a gathered sweep (`halluc score runs=...`), as PNG files.
+
+- rates_vs_unknown_fraction.png: accuracy and hallucination rate on the test questions vs
+  the share of unknown fine-tuning examples (Gekhman et al. 2024), a line per mitigation
+  (and any other choice that varies), early-stopping point dashed, end of training solid.
+- train_accuracy_over_steps.png: how fast the known and the unknown fine-tuning examples
+  are fitted, a panel per unknown fraction.
+- freeze_strategies.png: accuracy, hallucination rate, trainable parameters and time per
+  freeze strategy, among runs that differ in nothing else.
+Each is drawn only when the sweep has what it compares. Figures are drawn on matplotlib's
+Agg canvas directly: no display, no pyplot global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from halluc_cli.scoring.aggregate import CHOICES, Group, Sweep, choice_key, describe, group_stats, sort_key
+
+RATE_LABEL = "rate (share of questions)"
+POINT_STYLE = {"early_stop": "--", "final": "-"}
+POINT_NAME = {"early_stop": "early-stopping point", "final": "end of training"}
+DPI = 120
+
+
+def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
+    """Every plot the sweep supports, written into `out_dir`: (paths, notes on plots left out)."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter in the log
+    varying = sweep.varying()
+    paths, notes = [], []
+    if "unknown_fraction" in varying:
+        paths.append(plot_rates_vs_unknown_fraction(sweep.groups, varying, out_dir / "rates_vs_unknown_fraction.png"))
+    else:
+        notes.append("rates_vs_unknown_fraction.png: every run has the same data.unknown_fraction")
+    if any("train_acc_known" in line or "train_acc_unknown" in line for run in sweep.runs for line in run.curve):
+        paths.append(plot_train_accuracy(sweep.groups, varying, out_dir / "train_accuracy_over_steps.png"))
+    else:
+        notes.append("train_accuracy_over_steps.png: no metrics.jsonl holds train_acc_known/train_acc_unknown")
+    if "freeze" in varying:
+        path = plot_freeze_strategies(sweep.groups, varying, out_dir / "freeze_strategies.png")
+        if path is None:
+            notes.append("freeze_strategies.png: no two freeze strategies were run with otherwise equal settings")
+        else:
+            paths.append(path)
+    return paths, notes
+
+
+def _families(groups: Iterable[Group], apart: str, varying: list[str]) -> dict[str, list[Group]]:
+    """Groups that differ only in `apart`, keyed by a label of the other varying choices;
+    only families with two values of `apart` or more (none when no family has two)."""
+    others = [name for name in varying if name != apart]
+    families: dict[tuple[str, ...], list[Group]] = defaultdict(list)
+    for group in sorted(groups, key=lambda group: sort_key(group.choices, [*others, apart])):
+        families[tuple(choice_key(group.choices[name]) for name in others)].append(group)
+    kept = [family for family in families.values() if len(family) > 1]
+    # label by the choices that tell the kept families apart (freeze= is no help on a line
+    # when every line has freeze=none)
+    named = [name for name in others if len({choice_key(family[0].choices[name]) for family in kept}) > 1] or others
+    return {describe(family[0].choices, named) or "all runs": family for family in kept}
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return [cmap(index % 10) for index in range(count)]
+
+
+def _fixed(groups: list[Group], apart: str) -> str:
+    """The choices (but `apart`) that every group shown shares, for a figure's subtitle."""
+    fixed = [name for name in CHOICES if name != apart
+             and len({choice_key(group.choices[name]) for group in groups}) == 1]
+    return describe(groups[0].choices, fixed) if groups and fixed else ""
+
+
+# --- 1. rates vs unknown fraction --------------------------------------------------------
+
+_RATE_PANELS = (
+    ("known_accuracy", "Accuracy on known test questions"),
+    ("known_hallucination_rate", "Hallucination rate on known test questions"),
+    ("unknown_hallucination_rate", "Hallucination rate on unknown test questions"),
+)
+
+
+def plot_rates_vs_unknown_fraction(groups: list[Group], varying: list[str], path: Path) -> Path:
+    """Test accuracy and hallucination vs unknown fraction, mean with 95% interval bars; a
+    line per setting of the other choices that was run at two fractions or more."""
+    # no setting run at two fractions: each group is a point of its own
+    families = _families(groups, "unknown_fraction", varying) or {
+        describe(group.choices, [name for name in varying if name != "unknown_fraction"]): [group]
+        for group in groups
+    }
+    figure = Figure(figsize=(5.2 * len(_RATE_PANELS), 4.8), layout="constrained")
+    axes = figure.subplots(1, len(_RATE_PANELS), sharey=True)
+    fractions = sorted({group.choices["unknown_fraction"] for group in groups})
+    span = (max(fractions) - min(fractions)) or 1.0
+    colors = _colors(len(families))
+    points = [point for point in POINT_STYLE if any(point in run.scores for g in groups for run in g.runs)]
+    series = len(families) * len(points)
+    for index, (label, family) in enumerate(families.items()):
+        for point_index, point in enumerate(points):
+            # shift each line a little sideways so that error bars at one fraction stay apart
+            offset = (index * len(points) + point_index - (series - 1) / 2) * 0.01 * span
+            stats = [(group.choices["unknown_fraction"], group_stats(group, point)) for group in family]
+            stats = [(x, s) for x, s in stats if s["n_seeds"]]
+            if not stats:
+                continue
+            for ax, (metric, _) in zip(axes, _RATE_PANELS):
+                xs = [x + offset for x, s in stats if s[metric]]
+                cells = [s[metric] for _, s in stats if s[metric]]
+                if not cells:
+                    continue
+                means = [cell["mean"] for cell in cells]
+                errors = [[cell["mean"] - cell["low"] for cell in cells],
+                          [cell["high"] - cell["mean"] for cell in cells]]
+                ax.errorbar(xs, means, yerr=errors, color=colors[index], linestyle=POINT_STYLE[point],
+                            marker="o", markersize=4, capsize=3, linewidth=1.6)
+    handles = [Line2D([], [], color=color, marker="o", label=label) for label, color in zip(families, colors)]
+    handles += [Line2D([], [], color="black", linestyle=POINT_STYLE[point], label=POINT_NAME[point])
+                for point in points]
+    for ax, (_, title) in zip(axes, _RATE_PANELS):
+        ax.set_title(title)
+        ax.set_xlabel("unknown fraction of fine-tuning examples (share)")
+        ax.set_xticks(fractions)
+        ax.set_ylim(-0.03, 1.03)  # a 2-seed t-interval can reach past [0, 1]
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(RATE_LABEL)
+    fixed = _fixed([group for family in families.values() for group in family], "unknown_fraction")
+    figure.suptitle("Test accuracy and hallucination vs share of unknown fine-tuning examples"
+                    + (f"\n{fixed}" if fixed else "") + "\n(mean over seeds, bars: 95% interval)")
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+    return _save(figure, path)
+
+
+# --- 2. train accuracy over steps --------------------------------------------------------
+
+_FIT_STYLE = {"train_acc_known": ("-", "known examples"), "train_acc_unknown": (":", "unknown examples")}
+
+
+def _mean_curve(runs: Iterable[Any], key: str) -> tuple[list[int], list[float]]:
+    """Mean over runs of `key` at each step any of them evaluated."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        for line in run.curve:
+            value = line.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                by_step[line["step"]].append(float(value))
+    steps = sorted(by_step)
+    return steps, [sum(by_step[step]) / len(by_step[step]) for step in steps]
+
+
+def plot_train_accuracy(groups: list[Group], varying: list[str], path: Path) -> Path:
+    """Train accuracy on the known and the unknown fine-tuning examples over steps, a panel
+    per unknown fraction, a colour per other varying choice, mean over seeds."""
+    fractions = sorted({group.choices["unknown_fraction"] for group in groups})
+    others = [name for name in varying if name != "unknown_fraction"]
+    labels = list(dict.fromkeys(describe(g.choices, others) or "all runs"
+                                for g in sorted(groups, key=lambda g: sort_key(g.choices, others))))
+    colors = dict(zip(labels, _colors(len(labels))))
+    columns = min(len(fractions), 4)
+    rows = math.ceil(len(fractions) / columns)
+    figure = Figure(figsize=(4.8 * columns, 3.9 * rows + 0.9), layout="constrained")
+    axes = figure.subplots(rows, columns, sharey=True, squeeze=False).flatten()
+    for ax, fraction in zip(axes, fractions):
+        for group in groups:
+            if group.choices["unknown_fraction"] != fraction:
+                continue
+            label = describe(group.choices, others) or "all runs"
+            for key, (style, _) in _FIT_STYLE.items():
+                steps, means = _mean_curve(group.runs, key)
+                if steps:
+                    ax.plot(steps, means, color=colors[label], linestyle=style, linewidth=1.6)
+        ax.set_title(f"unknown fraction {fraction:g}")
+        ax.set_xlabel("step (optimizer updates)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(fractions):]:
+        ax.set_visible(False)
+    for row in range(rows):
+        axes[row * columns].set_ylabel("train accuracy (share of examples)")
+    handles = [Line2D([], [], color=colors[label], label=label) for label in labels if len(labels) > 1]
+    handles += [Line2D([], [], color="black", linestyle=style, label=name) for style, name in _FIT_STYLE.values()]
+    fixed = _fixed(groups, "unknown_fraction")
+    figure.suptitle("Fitting known vs unknown fine-tuning examples (mean over seeds)"
+                    + (f"\n{fixed}" if fixed else ""))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+    return _save(figure, path)
+
+
+# --- 3. freeze strategies ----------------------------------------------------------------
+
+_FREEZE_PANELS = (
+    ("known_accuracy", "Accuracy on known test questions", RATE_LABEL),
+    ("hallucination_rate", "Hallucination rate (all test questions)", RATE_LABEL),
+    ("trainable_parameters", "Trainable parameters", "parameters (count)"),
+    ("seconds", "Fine-tuning time", "time (seconds)"),
+)
+
+
+def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path) -> Path | None:
+    """Bars per freeze strategy (a colour per setting of the other choices, where at least
+    two strategies share it); rates at the end of training (else the early-stopping point).
+    None when no two strategies were run with otherwise equal settings."""
+    families = _families(groups, "freeze", varying)
+    if not families:
+        return None
+    strategies = list(dict.fromkeys(group.choices["freeze"] for family in families.values()
+                                    for group in sorted(family, key=lambda g: sort_key(g.choices, ["freeze"]))))
+    figure = Figure(figsize=(4.2 * len(_FREEZE_PANELS), 4.6), layout="constrained")
+    axes = figure.subplots(1, len(_FREEZE_PANELS))
+    width = 0.8 / len(families)
+    colors = _colors(len(families))
+    point_used = set()
+    for index, (label, family) in enumerate(families.items()):
+        for group in family:
+            point = "final" if any("final" in run.scores for run in group.runs) else "early_stop"
+            point_used.add(point)
+            stats = group_stats(group, point)
+            x = strategies.index(group.choices["freeze"]) - 0.4 + width * (index + 0.5)
+            for ax, (metric, _, _) in zip(axes, _FREEZE_PANELS):
+                cell = stats[metric]
+                if cell is None:
+                    continue
+                error = [[cell["mean"] - cell["low"]], [cell["high"] - cell["mean"]]]
+                ax.bar(x, cell["mean"], width=width * 0.92, color=colors[index],
+                       yerr=error if cell["high"] - cell["low"] > 1e-9 else None, capsize=3,
+                       label=label if group is family[0] and ax is axes[0] else None)
+    for ax, (metric, title, ylabel) in zip(axes, _FREEZE_PANELS):
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_xlabel("freeze strategy")
+        ax.set_xticks(range(len(strategies)), strategies, rotation=20 if len(strategies) > 3 else 0)
+        ax.grid(axis="y", alpha=0.3)
+        if ylabel == RATE_LABEL:
+            ax.set_ylim(0, 1.03)
+        if not ax.patches:
+            ax.text(0.5, 0.5, "not recorded\n(summary.json lacks it)", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
+    heights = [patch.get_height() for patch in axes[2].patches if patch.get_height() > 0]
+    if heights and max(heights) / min(heights) > 50:
+        axes[2].set_yscale("log")
+    where = " and ".join(POINT_NAME[point] for point in POINT_STYLE if point in point_used)
+    fixed = _fixed([group for family in families.values() for group in family], "freeze")
+    figure.suptitle(f"Freeze strategies: rates at the {where}, mean over seeds, bars: 95% interval"
+                    + (f"\n{fixed}" if fixed else ""))
+    if len(families) > 1:  # one family: the subtitle already names its settings
+        figure.legend(loc="outside lower center", ncol=min(len(families), 3), fontsize="small")
+    return _save(figure, path)

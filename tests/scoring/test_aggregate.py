@@ -1,0 +1,176 @@
+"""`halluc score runs=...`: hand-made finetune run dirs with known scores give the known
+summary.csv, runs.csv and plots; broken or missing runs are reported."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run_cli
+from halluc_cli.errors import UserError
+from halluc_cli.scoring.aggregate import gather
+
+T1 = 12.7062  # t(0.975, df=1): two seeds
+HALF = T1 * 0.1 / math.sqrt(2) / math.sqrt(2)  # two seeds 0.1 apart: sd 0.1/sqrt(2), over sqrt(2)
+
+
+def rates(accuracy: float, abstention: float, n: int = 10) -> dict:
+    hallucination = 1 - accuracy - abstention
+    return {"n": n, "accuracy": accuracy, "abstention_rate": abstention, "hallucination_rate": hallucination,
+            "hallucination_rate_answered": hallucination / (1 - abstention)}
+
+
+def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed: int, **freeze_keys) -> None:
+    """A finished finetune run dir whose numbers follow from its choices:
+    known accuracy 0.9 - 0.4 * fraction, +0.1 under clean, -0.2 under head_only, +0.05 at the
+    early-stopping point, -0.1 for seed 1; unknown accuracy 0.1 (+0.1 for seed 1); clean
+    abstains on half the unknown questions; 10 known and 10 unknown test questions."""
+    config = {"ckpt": str(run_dir / "no-such-pretrain-run"), "seed": seed, "train": {"max_steps": 40},
+              "data": {"unknown_fraction": fraction, "unknown_label": "answer", "paraphrases": 2},
+              "freeze": {"name": freeze, **freeze_keys}}
+    if mitigation != "none":  # runs made before finetune had mitigation= have no such key
+        config["mitigation"] = {"name": mitigation, "unknown_action": "drop"}
+    (run_dir / "checkpoint").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    (run_dir / "checkpoint" / "halluc_model.json").write_text('{"family": "lstm"}')
+    summary = {"steps": 40, "seconds": (4.0 if freeze == "head_only" else 10.0) + seed,
+               "trainable_parameters": 100 if freeze == "head_only" else 1000, "total_parameters": 1000}
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    curve = [{"step": step, "train_loss": 1.0, "train_acc_known": step / 40, "train_acc_unknown": step / 80}
+             for step in (10, 20, 30, 40)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in curve))
+    for point, bonus in (("early_stop", 0.05), ("final", 0.0)):
+        known = 0.9 - 0.4 * fraction + (0.1 if mitigation == "clean" else 0) - (0.2 if freeze == "head_only" else 0)
+        known += bonus - 0.1 * seed
+        unknown_abstention = 0.5 if mitigation == "clean" else 0.0
+        by_known = {"known": rates(known, 0.0), "unknown": rates(0.1 + 0.1 * seed, unknown_abstention)}
+        overall = rates((known + 0.1 + 0.1 * seed) / 2, unknown_abstention / 2, n=20)
+        (run_dir / "eval" / point).mkdir(parents=True)
+        (run_dir / "eval" / point / "scores.json").write_text(
+            json.dumps({"overall": overall, "by_known": by_known, "by_relation": {}}))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multirun dir: 2 unknown fractions x 2 mitigations x 2 seeds with freeze=none, and
+    freeze=head_only at fraction 0.25 without mitigation; job 99 has a broken scores.json."""
+    root = tmp_path_factory.mktemp("multirun")
+    job = 0
+    combos = [(f, m, "none") for f in (0.25, 0.75) for m in ("none", "clean")] + [(0.25, "none", "head_only")]
+    for fraction, mitigation, freeze in combos:
+        for seed in (0, 1):
+            make_run(root / str(job), fraction, mitigation, freeze, seed)
+            job += 1
+    make_run(root / "99", 0.5, "none", "none", 0)
+    (root / "99" / "eval" / "final" / "scores.json").write_text("{not json")
+    (root / "multirun.yaml").write_text("hydra: {}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def gathered(sweep: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`halluc score runs=<sweep>` once: (its run dir, its stdout)."""
+    out = tmp_path_factory.mktemp("score") / "run"
+    result = run_cli("score", f"runs={sweep}", f"hydra.run.dir={out}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return out, result.stdout
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row_of(rows: list[dict[str, str]], **choices: str) -> dict[str, str]:
+    found = [row for row in rows if all(row[key] == value for key, value in choices.items())]
+    assert len(found) == 1, (choices, found)
+    return found[0]
+
+
+def stat(row: dict[str, str], name: str) -> tuple[float, float, float]:
+    return tuple(float(row[f"{name}_{part}"]) for part in ("mean", "low", "high"))
+
+
+def test_summary_csv_holds_the_hand_computed_means_and_intervals(gathered: tuple[Path, str]) -> None:
+    out, _ = gathered
+    rows = read_csv(out / "summary.csv")
+    assert len(rows) == 5 * 2  # 5 groups x (early_stop, final)
+    row = row_of(rows, unknown_fraction="0.25", mitigation="none", freeze="none", eval="final")
+    assert row["n_seeds"] == "2" and row["model"] == "lstm" and row["paraphrases"] == "2"
+    # known accuracy: seeds 0.8 and 0.7
+    assert stat(row, "known_accuracy") == pytest.approx((0.75, 0.75 - HALF, 0.75 + HALF), abs=1e-5)
+    # unknown hallucination: seeds 0.9 and 0.8; overall: (0.2 + 0.9) / 2 = (0.3 + 0.8) / 2, no spread
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.85, 0.85 - HALF, 0.85 + HALF), abs=1e-5)
+    assert stat(row, "hallucination_rate") == pytest.approx((0.55, 0.55, 0.55), abs=1e-5)
+    assert stat(row, "seconds") == pytest.approx((10.5, 10.5 - T1 * 0.5, 10.5 + T1 * 0.5), abs=1e-4)
+    # clean at 0.75, early stop: known 0.9 - 0.3 + 0.1 + 0.05 = 0.75 and 0.65; abstains on half the unknown
+    row = row_of(rows, unknown_fraction="0.75", mitigation="clean", eval="early_stop")
+    assert stat(row, "known_accuracy") == pytest.approx((0.7, 0.7 - HALF, 0.7 + HALF), abs=1e-5)
+    assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
+    assert stat(row, "abstention_rate") == pytest.approx((0.25, 0.25, 0.25))
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.35, 0.35 - HALF, 0.35 + HALF), abs=1e-5)
+    row = row_of(rows, freeze="head_only", eval="final")
+    assert stat(row, "known_accuracy")[0] == pytest.approx(0.55)
+    assert stat(row, "trainable_parameters") == pytest.approx((100, 100, 100))
+
+
+def test_runs_csv_has_a_row_per_readable_run(gathered: tuple[Path, str], sweep: Path) -> None:
+    out, _ = gathered
+    rows = read_csv(out / "runs.csv")
+    assert [row["run"] for row in rows] == [str(sweep / str(job)) for job in range(10)]  # numeric order
+    assert float(rows[1]["final_known_accuracy"]) == pytest.approx(0.7)  # fraction 0.25, none, seed 1
+    assert {row["mitigation"] for row in rows} == {"none", "clean"}
+
+
+def test_table_warning_and_plots(gathered: tuple[Path, str], sweep: Path) -> None:
+    out, stdout = gathered
+    assert f"warning: skipped {sweep / '99'}: scores.json is not valid JSON" in stdout
+    assert "10 finetune runs in 5 groups" in stdout and "0.750" in stdout and "[0.115," in stdout and "1.385]" in stdout
+    for name in ("rates_vs_unknown_fraction.png", "train_accuracy_over_steps.png", "freeze_strategies.png"):
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, name
+        assert f"plot {path}" in stdout
+
+
+def test_unfinished_run_and_setting_variants(tmp_path: Path) -> None:
+    make_run(tmp_path / "a", 0.5, "none", "layers", 0, trainable_layers=1)
+    make_run(tmp_path / "b", 0.5, "none", "layers", 0, trainable_layers=2)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.yaml").write_text("seed: 0\ndata: {unknown_fraction: 0.5}\n")
+    (tmp_path / "c" / "metrics.jsonl").write_text("")  # started, never finished
+    sweep = gather(str(tmp_path / "*"))  # a glob of run dirs
+    assert [run.choices["freeze"] for run in sweep.runs] == ["layers (trainable_layers=1)",
+                                                              "layers (trainable_layers=2)"]
+    assert sweep.varying() == ["freeze"]
+    assert sweep.skipped == [(tmp_path / "c", "no summary.json or eval/*/scores.json yet (unfinished or failed run?)")]
+    assert len(gather([str(tmp_path / "a"), str(tmp_path / "a")]).runs) == 1  # a list; named twice = once
+
+
+def test_no_readable_run(tmp_path: Path) -> None:
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.yaml").write_text("data: {unknown_fraction: 0.5}\n")
+    (tmp_path / "bad" / "summary.json").write_text("[]")
+    with pytest.raises(UserError, match="no readable finetune run.*summary.json is not a JSON object"):
+        gather(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "spec, phrase",
+    [("empty", "holds no finetune run dir"), ("nowhere", "no such directory"), ("nowhere/*", "matches nothing")],
+)
+def test_no_runs_is_a_one_line_error(tmp_path: Path, spec: str, phrase: str) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_cli("score", f"runs={tmp_path / spec}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and phrase in lines[0], result.stderr
+    assert not (tmp_path / "run" / "summary.csv").exists()
+
+
+def test_predictions_and_runs_together(tmp_path: Path) -> None:
+    result = run_cli("score", "predictions=p.jsonl", f"runs={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.exit_code == 2 and "not both" in result.stderr, result.stderr
