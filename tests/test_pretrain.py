@@ -78,7 +78,7 @@ def test_cfg_job_prints_the_config() -> None:
 def test_help_lists_config_groups() -> None:
     result = run_cli("pretrain", "--help")
     assert result.exit_code == 0
-    assert "model: lstm, transformer" in result.stdout and "pretrain/experiment: tiny" in result.stdout and "schema/" not in result.stdout
+    assert "model: lstm, transformer" in result.stdout and "pretrain/experiment: kbqa_unknown_sweep, tiny" in result.stdout and "schema/" not in result.stdout
 
 
 def test_append_override_reaches_the_config(tmp_path: Path) -> None:
