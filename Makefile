@@ -17,9 +17,15 @@ install: $(BIN)/halluc
 install-test: install
 	$(BIN)/pip install --quiet -e '.[test]'
 
-# The main job: a tiny end-to-end experiment on bundled data (both model families).
+# The main job: a tiny end-to-end experiment on the bundled KB: pretrain once, fine-tune
+# with 0%, 50% and 100% unknown facts (a Hydra sweep; each run answers and scores its test
+# sets), then gather the sweep into a table and plots. Runs again resume, not restart.
+DEMO := outputs/demo
 demo: install
-	$(BIN)/halluc pretrain -m experiment=tiny model=lstm,transformer
+	$(BIN)/halluc pretrain experiment=tiny model=transformer hydra.run.dir=$(DEMO)/pretrain
+	$(BIN)/halluc finetune -m experiment=tiny ckpt=$(DEMO)/pretrain data.unknown_fraction=0.0,0.5,1.0 \
+		hydra.sweep.dir=$(DEMO)/finetune
+	$(BIN)/halluc score runs=$(DEMO)/finetune hydra.run.dir=$(DEMO)/score
 
 test: install-test
 	$(BIN)/python -m pytest -q
