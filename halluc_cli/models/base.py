@@ -39,13 +39,15 @@ class LanguageModel(nn.Module, ABC):
         state: State = None,
         attention_mask: torch.Tensor | None = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> tuple[torch.Tensor, State]:
         """Logits (B, T, vocab) for ids (B, T), and the state after the last position.
 
         `attention_mask` (B, T_state + T) marks real tokens with 1; padding may be on the
         right (training) or the left (batched decoding). `use_cache` asks for the state that
         lets the next call continue this one (the Transformer's key-value cache); a
-        recurrent model always returns it.
+        recurrent model always returns it. `logits_to_keep` > 0 computes the logits of the
+        last that many positions only (decoding needs one; the output layer dominates).
         """
 
     def detach_state(self, state: State) -> State:
