@@ -123,7 +123,6 @@ class DeviceConfig:
 
     name: str = "auto"  # auto: CUDA when present | cpu | gpu
     precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp32 | fp32 | bf16 | fp16
-    compile: bool = False  # torch.compile the model
     tf32: bool = True  # TF32 matmuls on Ampere and newer GPUs
 
 

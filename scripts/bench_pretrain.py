@@ -8,14 +8,18 @@ Two comparisons, each run side by side in this one process on the same tokens:
   `LSTMLanguageModel` trained by halluc's `Trainer` (SGD, clip 0.25, fp32 on the CPU).
   Tokens: WikiText-2 (`../shared/data/wikitext-2/train.txt`, word level, ~33k words) when
   present, else a random stream over a 33,278-word vocabulary.
-- transformer: a compact nanoGPT (model.py's GPT: fused qkv, scaled_dot_product_attention,
-  GELU MLP, LayerNorm, tied head, dropout 0; train.py's loop with AdamW) at its small CPU
-  shape (4 layers, 4 heads, 128 dims, block 64, batch 12) against halluc's
+- transformer: a compact nanoGPT (model.py's GPT as train.py builds it: fused qkv,
+  scaled_dot_product_attention, exact GELU MLP, LayerNorm, no biases, tied head, dropout 0;
+  train.py's loop: memmapped random batches, AdamW, clip 1.0) at its small CPU shape
+  (4 layers, 4 heads, 128 dims, block 64, batch 12) against halluc's
   `TransformerLanguageModel` (a Hugging Face GPT-2 of that shape) trained by the `Trainer`.
   Tokens: the characters of tiny Shakespeare (vocabulary 65) when present, else random.
 
-Each pair is timed in alternating rounds (A B B A A B ...) after untimed warmup steps, so
-drift on a busy machine (thermal, other processes) falls on both sides alike.
+Each pair is timed in alternating rounds (A B, B A, A B, ...) after untimed warmup steps, so
+drift falls on both sides alike. On a shared machine, a round pair during which other
+processes took more than --max-other-load of the CPUs (read from /proc/stat) is run again;
+the table's caption says how busy the machine was. Expect a few percent of run-to-run
+spread in the ratio even so: compare ratios over --steps long enough to shrink it.
 
 Usage:
     python scripts/bench_pretrain.py                       # everything, ~2-3 minutes on 2 cores
@@ -451,7 +455,8 @@ def profile(sides: tuple[Side, Side], steps: int, rows: int) -> None:
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             tokens, seconds = side.run(steps)
         console.rule(f"{side.label}: {steps} steps, {1000 * seconds / steps:.1f} ms/step, {tokens / seconds:,.0f} tokens/s")
-        console.print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows), highlight=False)
+        # print, not the console: the table is wider than a terminal and must not wrap
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50))
 
 
 def parse_args() -> argparse.Namespace:
