@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -81,3 +82,31 @@ def complete_dir(path: Path) -> Path | None:
     if path.is_dir():
         return path
     return old if old.is_dir() else None
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file.
+
+    A missing file, a line that is not a JSON object, or text that is not UTF-8 raises a
+    one-line UserError naming the file (and line).
+    """
+    from halluc_cli.errors import UserError
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for lineno, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise UserError(
+                        f"{path} line {lineno}: invalid JSON ({error.msg}); write one JSON object a line"
+                    ) from error
+                if not isinstance(record, dict):
+                    raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(record).__name__}")
+                yield lineno, record
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from error

@@ -25,7 +25,7 @@ from rich.table import Table
 from halluc_cli.commands.common import console
 from halluc_cli.data.kb import load_kb
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_path, atomic_write_json, atomic_write_text
+from halluc_cli.io import atomic_path, atomic_write_json, atomic_write_text, read_jsonl
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import POLICIES, KBVerifier, verification_summary
@@ -157,7 +157,7 @@ def read_predictions(path: Path, task: str) -> list[dict[str, Any]]:
     """The prediction records of a JSONL file, each checked for the fields `task` reads."""
     records = []
     seen: dict[str, int] = {}
-    for lineno, record in _read_jsonl(path):
+    for lineno, record in read_jsonl(path):
         where = f"{path} line {lineno}"
         _check_fields(record, task, where)
         key = str(record["id"])
@@ -189,7 +189,7 @@ def _check_fields(record: dict[str, Any], task: str, where: str) -> None:
 def question_ids(path: Path) -> list[str]:
     """The ids of a QA JSONL file, as strings."""
     ids = []
-    for lineno, record in _read_jsonl(path):
+    for lineno, record in read_jsonl(path):
         if "id" not in record:
             raise UserError(f"{path} line {lineno}: missing field 'id' (each question needs one)")
         ids.append(str(record["id"]))
@@ -218,28 +218,6 @@ def check_ids(records: list[dict[str, Any]], ids: list[str], path: Path, questio
 def _some(ids: list[str]) -> str:
     more = f", ... {len(ids) - _EXAMPLES} more" if len(ids) > _EXAMPLES else ""
     return ", ".join(ids[:_EXAMPLES]) + more
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a malformed line is a UserError."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for lineno, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise UserError(
-                        f"{path} line {lineno}: invalid JSON ({error.msg}); write one JSON object a line"
-                    ) from error
-                if not isinstance(record, dict):
-                    raise UserError(f"{path} line {lineno}: expected a JSON object, got {type(record).__name__}")
-                yield lineno, record
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from error
 
 
 # --- scoring one file --------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_write_text, read_jsonl
 
 REQUIRED_FIELDS = ("subject", "relation", "object")
 SUFFIXES = (".jsonl", ".csv")
@@ -110,33 +111,13 @@ class KnowledgeBase:
 
     def save_jsonl(self, path: str | os.PathLike[str]) -> None:
         """Write the facts as JSONL atomically: readers never see a half-written file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp file in the target directory keeps os.replace a same-filesystem rename.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("w", encoding="utf-8", newline="\n") as f:
-                for fact in self.facts:
-                    f.write(json.dumps(fact.to_dict(), ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        lines = (json.dumps(fact.to_dict(), ensure_ascii=False) + "\n" for fact in self.facts)
+        atomic_write_text(Path(path), "".join(lines))
 
 
 def _read_jsonl(path: Path) -> Iterator[Fact]:
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(
-                    f"{path} line {lineno}: invalid JSON ({e.msg}); write one JSON object a line"
-                ) from e
-            if not isinstance(record, dict):
-                raise UserError(f"{path} line {lineno}: expected a JSON object ({_FIX})")
-            yield _make_fact(record, path, lineno)
+    for lineno, record in read_jsonl(path):
+        yield _make_fact(record, path, lineno)
 
 
 def _read_csv(path: Path) -> Iterator[Fact]:

@@ -21,7 +21,7 @@ from typing import Any
 from halluc_cli.config import KBConfig, KBQAConfig
 from halluc_cli.data.kb import Fact, KnowledgeBase, load_kb
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_json, atomic_write_text
+from halluc_cli.io import atomic_write_json, atomic_write_text, read_jsonl
 
 SPLIT_FILE = "kb_split.json"
 QA_SETS = ("finetune", "valid", "test_known", "test_unknown")
@@ -210,13 +210,7 @@ def read_qa_file(path: Path) -> list[QAExample]:
     """QA examples from a JSONL file, each line checked for the fields of the QA format."""
     fields = set(QAExample.__dataclass_fields__)
     examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path} line {number}: invalid JSON ({error.msg})") from error
+    for number, record in read_jsonl(path):
         missing = fields - set(record)
         if missing:
             raise UserError(f"{path} line {number}: missing field(s) {', '.join(sorted(missing))} of a QA example")
