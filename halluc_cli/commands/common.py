@@ -21,9 +21,11 @@ console = Console(soft_wrap=True)
 
 
 def start_run(cfg: DictConfig) -> Path:
-    """Seed every generator, save the resolved config in the run dir, and return the dir."""
+    """Seed every generator (commands with a seed), save the resolved config in the run dir,
+    and return the dir."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    set_seed(cfg.seed)
+    if "seed" in cfg:
+        set_seed(cfg.seed)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
     return run_dir

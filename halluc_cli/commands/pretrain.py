@@ -6,7 +6,6 @@ validate -> load corpus -> tokenizer -> model -> token streams -> train -> test 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from halluc_cli.commands.common import console
+from halluc_cli.commands.common import console, start_run
 from halluc_cli.data.kb import load_kb
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_path, atomic_write_json, atomic_write_text, read_jsonl
+from halluc_cli.io import atomic_path, atomic_write_json, read_jsonl
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import POLICIES, KBVerifier, verification_summary
@@ -56,7 +55,7 @@ def run(cfg: DictConfig) -> None:
         relations = OmegaConf.to_container(cfg.kb.relations)
         verifier = KBVerifier(load_kb(cfg.kb.path), relations, cfg.abstain_phrase)
 
-    run_dir = _start_run(cfg)
+    run_dir = start_run(cfg)
     per_file = []
     for index, (path, records) in enumerate(files.items()):
         metrics, verified = _score_file(records, cfg, verifier)
@@ -106,14 +105,6 @@ def _check_settings(cfg: DictConfig) -> None:
             raise UserError(
                 "mitigation=kb_verify checks answers against the KB; with task=classification use mitigation=none"
             )
-
-
-def _start_run(cfg: DictConfig) -> Path:
-    """The Hydra run dir, with the resolved config saved in it (scoring draws no random numbers)."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
-    return run_dir
 
 
 # --- reading and checking inputs ---------------------------------------------------------
@@ -283,7 +274,7 @@ def _gather_runs(cfg: DictConfig) -> None:
         console.print(f"[yellow]warning[/yellow]: skipped {path}: {why}", highlight=False)
     for note in sweep.notes:
         console.print(f"[yellow]warning[/yellow]: {note}", highlight=False)
-    run_dir = _start_run(cfg)
+    run_dir = start_run(cfg)
     aggregate.write_csv(run_dir / aggregate.SUMMARY_FILE, aggregate.summary_rows(sweep.groups),
                         aggregate.SUMMARY_COLUMNS)
     aggregate.write_csv(run_dir / aggregate.RUNS_FILE, aggregate.run_rows(sweep.runs), aggregate.RUN_COLUMNS)
