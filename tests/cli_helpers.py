@@ -35,3 +35,39 @@ def pretrain(run_dir: Path, *overrides: str) -> CliResult:
     result = run_cli("pretrain", *TINY, f"hydra.run.dir={run_dir}", *overrides)
     assert result.exit_code == 0, result.stderr + result.stdout
     return result
+
+
+class Killed(BaseException):
+    """Like SIGKILL: nothing on the way out catches it, so nothing gets saved."""
+
+
+def run_killed_at_step(step: int, *args: str) -> None:
+    """Run `halluc ARGS...` and kill it just before training step `step + 1`."""
+    import pytest
+
+    from halluc_cli.training.loop import Trainer
+
+    real_step = Trainer._train_step
+
+    def dies(self: Trainer):
+        if self.step == step:
+            raise Killed
+        return real_step(self)
+
+    Trainer._train_step = dies
+    try:
+        with pytest.raises(Killed):
+            run_cli(*args)
+    finally:
+        Trainer._train_step = real_step
+
+
+def assert_same_weights(run_a: Path, run_b: Path) -> None:
+    """The two runs' final checkpoints hold bit-identical tensors."""
+    from safetensors.torch import load_file
+
+    a = load_file(str(run_a / "checkpoint" / "model.safetensors"))
+    b = load_file(str(run_b / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert bool((a[name] == b[name]).all()), name

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from cli_helpers import TINY, pretrain, run_cli
-from halluc_cli.training.loop import Trainer
+from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
 
 
 def finetune(run_dir: Path, ckpt: Path, *overrides: str):
@@ -76,36 +75,16 @@ def test_lora_on_transformer_and_clear_error_on_lstm(transformer_run: Path, lstm
 
 @pytest.mark.parametrize("strategy", ["gradual", "lora"])
 def test_killed_finetune_resumes_to_the_same_weights(
-    strategy: str, transformer_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    strategy: str, transformer_run: Path, tmp_path: Path
 ) -> None:
     settings = [f"freeze={strategy}", "train.max_steps=12", "train.save_every=5", "train.eval_every=4"]
     if strategy == "gradual":
         settings.append("freeze.unfreeze_every=3")
     finetune(tmp_path / "whole", transformer_run, *settings)
 
-    class Killed(BaseException):
-        pass
-
-    real_step = Trainer._train_step
-
-    def dies_at_step_7(self: Trainer):
-        if self.step == 7:
-            raise Killed
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_7)
-    with pytest.raises(Killed):
-        run_cli("finetune", *TINY, f"ckpt={transformer_run}", f"hydra.run.dir={tmp_path / 'killed'}", *settings)
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    run_killed_at_step(7, "finetune", *TINY, f"ckpt={transformer_run}", f"hydra.run.dir={tmp_path / 'killed'}", *settings)
     assert "resuming from" in finetune(tmp_path / "killed", transformer_run, *settings).stdout
-    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
-    resumed = load_file(str(tmp_path / "killed" / "checkpoint" / "model.safetensors"))
-    for name in whole:
-        assert torch_equal(whole[name], resumed[name]), name
-
-
-def torch_equal(a, b) -> bool:
-    return bool((a == b).all())
+    assert_same_weights(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from cli_helpers import TINY, pretrain, run_cli
-from halluc_cli.training.loop import Trainer
+from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -87,32 +85,14 @@ def test_append_override_reaches_the_config(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", ["lstm", "transformer"])
-def test_killed_run_resumes_to_the_same_weights(family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_run_resumes_to_the_same_weights(family: str, tmp_path: Path) -> None:
     settings = [f"model={family}", "train.max_steps=16", "train.save_every=5", "train.eval_every=4"]
     pretrain(tmp_path / "whole", *settings)
 
-    real_step = Trainer._train_step
-
-    class Killed(BaseException):
-        """Like SIGKILL: nothing on the way out catches it, so nothing gets saved."""
-
-    def dies_at_step_12(self: Trainer):
-        if self.step == 12:
-            raise Killed
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "_train_step", dies_at_step_12)
-    with pytest.raises(Killed):
-        run_cli("pretrain", *TINY, f"hydra.run.dir={tmp_path / 'killed'}", *settings)
-    monkeypatch.setattr(Trainer, "_train_step", real_step)
+    run_killed_at_step(12, "pretrain", *TINY, f"hydra.run.dir={tmp_path / 'killed'}", *settings)
     result = pretrain(tmp_path / "killed", *settings)  # resume=auto finds the step-10 checkpoint
     assert "resuming from" in result.stdout
-
-    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
-    resumed = load_file(str(tmp_path / "killed" / "checkpoint" / "model.safetensors"))
-    assert whole.keys() == resumed.keys()
-    for name in whole:
-        assert (whole[name] == resumed[name]).all(), name
+    assert_same_weights(tmp_path / "whole", tmp_path / "killed")
     drop_speed = lambda rows: [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
     assert drop_speed(_metrics(tmp_path / "killed")) == drop_speed(_metrics(tmp_path / "whole"))
 
