@@ -41,12 +41,13 @@ def run(cfg: DictConfig) -> None:
     describe_model(model)
 
     train_cfg = cfg.train
-    train_data = _stream(tokens["train"], train_cfg, ordered=model.recurrent, seed=cfg.seed, split="train")
-    valid_data = _stream(tokens["valid"], train_cfg, ordered=True, seed=cfg.seed, split="valid")
+    line_end = tokenizer.eos_token_id if cfg.data.shuffle_lines else None
+    train_data = _stream(tokens["train"], train_cfg, model.recurrent, cfg.seed, "train", line_end)
+    valid_data = _stream(tokens["valid"], train_cfg, True, cfg.seed, "valid")
     trainer = Trainer(model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data)
     result = trainer.fit(resume_from)
 
-    test_data = _stream(tokens["test"], train_cfg, ordered=True, seed=cfg.seed, split="test")
+    test_data = _stream(tokens["test"], train_cfg, True, cfg.seed, "test")
     test_loss = trainer.mean_loss(test_data)
     summary = {
         "steps": result.steps,
@@ -75,8 +76,10 @@ def _check_sequence_length(model: LanguageModel, seq_len: int) -> None:
         raise UserError(f"train.seq_len={seq_len} exceeds the model's {limit} positions; lower train.seq_len")
 
 
-def _stream(tokens, train_cfg: DictConfig, ordered: bool, seed: int, split: str) -> TokenStream:
+def _stream(
+    tokens, train_cfg: DictConfig, ordered: bool, seed: int, split: str, line_end: int | None = None
+) -> TokenStream:
     try:
-        return TokenStream(tokens, train_cfg.batch_size, train_cfg.seq_len, ordered=ordered, seed=seed)
+        return TokenStream(tokens, train_cfg.batch_size, train_cfg.seq_len, ordered, seed, line_end)
     except ValueError as error:
         raise UserError(f"the {split} split: {error}") from error
