@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,10 +19,12 @@ from halluc_cli.errors import UserError
 from halluc_cli.training.distributed import check_batch_split, check_last_batch, process_rows
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "halluc_cli"]
+
+
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 -m halluc_cli ARGS...`, as a user would launch it."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "halluc_cli"]
-    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([*TORCHRUN, *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -61,6 +66,27 @@ def test_two_processes_pretrain_and_finetune_like_one(tmp_path: Path) -> None:
     torchrun("finetune", *TINY, f"ckpt={tmp_path / 'one'}", f"hydra.run.dir={tmp_path / 'ft_two'}", *finetune)
     _assert_same_curves(tmp_path / "ft_one", tmp_path / "ft_two")
     assert _listing(tmp_path / "ft_two") == _listing(tmp_path / "ft_one")
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_after_the_same_step(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    settings = ["train.max_steps=1000000", "train.eval_every=2", "train.save_every=1000000"]
+    agent = subprocess.Popen(
+        [*TORCHRUN, "pretrain", *TINY, f"hydra.run.dir={run_dir}", *settings],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    while not (run_dir / "metrics.jsonl").is_file() and agent.poll() is None:
+        time.sleep(0.2)  # until both train
+    workers = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+    worker = max(int(pid) for pid in workers)
+    # Only one worker hears it; the other must stop with it, or the save would hang.
+    os.kill(worker, signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=300)
+    step = torch.load(run_dir / "checkpoint" / "training_state.pt", weights_only=True)["step"]
+    assert 2 <= step < 1000000
+    assert stderr.count(f"stopped by SIGTERM: saved the checkpoint at step {step}") == 1, stderr[-3000:]
+    assert "exitcode  : 143" in stderr  # torchrun's report of its workers
 
 
 def test_a_process_takes_a_contiguous_block_of_rows() -> None:
