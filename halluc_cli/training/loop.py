@@ -241,6 +241,8 @@ class Trainer:
 
     def _stop_signal(self, stop: StopSignals) -> int:
         """The stop signal any process has received (0: none), so that all stop after the same step."""
+        if self.accelerator.num_processes == 1:
+            return stop.received  # no one to agree with: spare the device a sync per step
         received = torch.tensor(stop.received, device=self.accelerator.device)
         return int(self.accelerator.reduce(received, "max"))
 
