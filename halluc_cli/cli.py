@@ -79,6 +79,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     import hydra
 
     from halluc_cli.config import CONF_DIR, register_configs
+    from halluc_cli.training.preemption import Preempted, exit_preempted
 
     debug = "--debug" in args
     if debug:
@@ -98,7 +99,13 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
                 raise
             err.print(f"error: {error}", highlight=False, markup=False)
             sys.exit(error.exit_code)
+        except Preempted as stopped:
+            exit_preempted(stopped)
 
+    if int(os.environ.get("RANK", "0")) > 0:
+        # A process other than the main one of a multi-process run (torchrun) writes no
+        # Hydra files: no .hydra/ config copies, no job log.
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     _TaskState.started = False
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)
     sys.argv = [f"halluc {name}", *args]

@@ -136,7 +136,7 @@ class TrainConfig:
     """The shared training loop's settings (pretrain and finetune)."""
 
     max_steps: int = 1000  # optimizer steps
-    batch_size: int = 20
+    batch_size: int = 20  # the global batch: split across processes under torchrun
     seq_len: int = 35  # tokens per sequence; the BPTT length for the LSTM
     grad_accum: int = 1  # micro-batches per optimizer step
     optimizer: str = "adamw"  # adamw | sgd
