@@ -233,8 +233,9 @@ class GenerateConfig:
 
     ckpt: str = MISSING  # a run dir (finetune or pretrain) or a checkpoint dir
     weights: str = "checkpoint"  # checkpoint (last) | best (the early-stopping point)
-    # QA sets of the run (test_known, test_unknown, valid, finetune) or QA JSONL files
-    questions: list[str] = field(default_factory=lambda: ["test_known", "test_unknown"])
+    # QA sets of the run (test_known, test_unknown, valid, finetune; labelled data: test) or QA
+    # JSONL files; None: the run's test sets (qa/test*.jsonl)
+    questions: Optional[list[str]] = None
     prompts: Optional[str] = None  # a text file, one prompt a line: free text instead of questions
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
