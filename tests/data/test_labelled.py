@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from halluc_cli.config import LabelledConfig, TokenizerConfig
+from halluc_cli.config import LabelledConfig, TokenizerConfig, bundled_path
+from halluc_cli.data.kb import load_kb
 from halluc_cli.data.labelled import LABEL_RELATION, build_labelled_sets, check_label_words
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError
@@ -116,3 +118,16 @@ def test_label_words_a_word_vocabulary_lacks_are_named() -> None:
         check_label_words(word, ["good", "positive", "negative"])
     bpe = train_tokenizer(lines, TokenizerConfig(kind="bpe", vocab_size=300))
     check_label_words(bpe, ["good", "positive", "negative"])  # bytes spell any word
+
+
+def test_bundled_kb_statements_are_rebuilt_byte_for_byte_and_load() -> None:
+    """scripts/build_kb_statements.py reproduces the shipped file, which data=labelled reads."""
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("build_kb_statements", root / "scripts" / "build_kb_statements.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    shipped = Path(bundled_path("labelled/kb_statements.csv"))
+    assert script.build(load_kb("geonames"), script.statement_templates()) == shipped.read_text(encoding="utf-8")
+    sets = build_labelled_sets(LabelledConfig(train=str(shipped)))
+    answers = [e.answer for examples in sets.values() for e in examples]
+    assert answers.count("true") == answers.count("false") == 743
