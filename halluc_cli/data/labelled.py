@@ -55,7 +55,7 @@ def build_labelled_sets(cfg: LabelledConfig) -> dict[str, list[QAExample]]:
     """The fine-tuning, validation and test sets, each from its file or held out of train."""
     words = _label_words(cfg)
     files = {"finetune": cfg.train, "valid": cfg.valid, "test": cfg.test}
-    rows = {name: read_labelled(Path(path), cfg) for name, path in files.items() if path}
+    rows = {name: read_labelled(Path(path).expanduser(), cfg) for name, path in files.items() if path}
     _check_classes(rows["finetune"], cfg.train)
     rng = random.Random(cfg.split_seed)
     rows = {name: _draw(found, cfg.max_examples, rng) for name, found in rows.items()}
@@ -90,11 +90,19 @@ def _read_csv(path: Path, cfg: LabelledConfig) -> list[LabelledRow]:
                     "set data.text_column / data.label_column to the header's names"
                 )
             # line_num: the physical line a record ends on (a quoted text may span several)
-            return [_row(record, f"{path} line {reader.line_num}", cfg) for record in reader]
+            return [_csv_row(record, f"{path} line {reader.line_num}", cfg, len(header)) for record in reader]
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from error
     except csv.Error as error:
         raise UserError(f"{path}: not readable as CSV ({error})") from error
+
+
+def _csv_row(record: dict[str | None, Any], where: str, cfg: LabelledConfig, width: int) -> LabelledRow:
+    if None in record:  # DictReader files the fields beyond the header's under None
+        raise UserError(
+            f"{where}: more fields than the header's {width}; quote a text that holds a comma (\"a fine, sad tale\",1)"
+        )
+    return _row(record, where, cfg)
 
 
 def _read_jsonl(path: Path, cfg: LabelledConfig) -> list[LabelledRow]:

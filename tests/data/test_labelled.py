@@ -79,6 +79,7 @@ def test_held_out_sets_are_drawn_by_seed_and_capped(tmp_path: Path) -> None:
         ("r.csv", "", {}, "r.csv: the file holds no examples"),
         ("r.csv", "text,label\nnice,1\n,0\n", {}, "r.csv line 3: no text in 'text'"),
         ("r.csv", "text,label\nnice,1\nbad\n", {}, "r.csv line 3: no label in 'label'"),
+        ("r.csv", "text,label\nnice,1\nbad, sad,0\n", {}, "r.csv line 3: more fields than the header's 2"),
         ("r.csv", "text,label\nnice,1\ngood,1\n", {}, "every example has the label '1'"),
         ("r.csv", "text,label\nnice,1\nmeh,2\n", {"label_words": {1: "positive"}}, "r.csv line 3: the label '2' has no entry"),
         ("r.csv", "text,label\nnice,1\nbad,0\n", {"label_words": {0: None, 1: "yes"}}, "label(s) 0 no word"),
