@@ -123,6 +123,30 @@ class KBQAConfig:
 
 
 @dataclass
+class LabelledConfig:
+    """Labelled text for classification as generation (`data=labelled`): text -> label word.
+
+    Read by `halluc_cli.data.labelled`; finetune trains the label word as the answer of a
+    QA example whose question is the text.
+    """
+
+    name: str = "labelled"
+    train: str = MISSING  # a CSV file with a header row, or a JSONL file, of text and label
+    valid: Optional[str] = None  # None: heldout_fraction of train, drawn by split_seed
+    test: Optional[str] = None  # None: heldout_fraction of train, drawn by split_seed
+    heldout_fraction: float = 0.1  # of the train examples, each for valid and test when not given
+    split_seed: int = 0
+    text_column: str = "text"  # the CSV column / JSON key of the text
+    label_column: str = "label"  # the CSV column / JSON key of the label
+    # label -> the word the model learns to generate, e.g. {0: negative, 1: positive}; None: the
+    # label itself. Any, not a typed dict: an override of a typed dict only adds keys, and a
+    # label may be a number (0) or a word; halluc_cli.data.labelled checks it.
+    label_words: Any = None
+    prompt_template: str = "Review: {question}\nSentiment:"  # {question}: the example's text
+    max_examples: Optional[int] = None  # at most this many examples of each file, drawn by split_seed
+
+
+@dataclass
 class DeviceConfig:
     """Where and in which precision to run; read by `halluc_cli.training.device`."""
 
@@ -214,8 +238,9 @@ class GenerateConfig:
 
     ckpt: str = MISSING  # a run dir (finetune or pretrain) or a checkpoint dir
     weights: str = "checkpoint"  # checkpoint (last) | best (the early-stopping point)
-    # QA sets of the run (test_known, test_unknown, valid, finetune) or QA JSONL files
-    questions: list[str] = field(default_factory=lambda: ["test_known", "test_unknown"])
+    # QA sets of the run (test_known, test_unknown, valid, finetune; labelled data: test) or QA
+    # JSONL files; None: the run's test sets (qa/test*.jsonl)
+    questions: Optional[list[str]] = None
     prompts: Optional[str] = None  # a text file, one prompt a line: free text instead of questions
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
@@ -332,6 +357,7 @@ def register_configs() -> None:
     store.store(name="schema_kb", node=KBConfig)
     store.store(name="schema_freeze", node=FreezeConfig)
     store.store(name="schema_data_kbqa", node=KBQAConfig)
+    store.store(name="schema_data_labelled", node=LabelledConfig)
     store.store(name="schema_mitigation_none", node=MitigationConfig)
     store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)
     store.store(name="schema_mitigation_clean", node=CleanConfig)

@@ -26,14 +26,21 @@ PRIMARY_FOR_GROUP = {
     "decoding": "generate",
     **{f"{command}/experiment": command for command in PRIMARY},
 }
-# Files of a shared group that another command reads (score verifies, finetune cleans).
-PRIMARY_FOR_FILE = {"mitigation/clean.yaml": "finetune"}
+# Files of a shared group that another command reads (score verifies, finetune cleans and
+# fine-tunes on labelled text).
+PRIMARY_FOR_FILE = {
+    "mitigation/clean.yaml": "finetune",
+    "data/labelled.yaml": "finetune",
+    "data/kb_statements.yaml": "finetune",
+}
+# The values a data file leaves to the user.
+REQUIRED_FOR_FILE = {"data/text.yaml": ["data.train=[some.txt]"], "data/labelled.yaml": ["data.train=some.csv"]}
 # Every YAML file under conf/, so a new one cannot slip past this test uncomposed.
 ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*.yaml"))
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 32, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 34, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str]):
@@ -53,9 +60,7 @@ def _overrides_for(path: str) -> list[str]:
 
 @pytest.mark.parametrize("path", ALL_CONFIGS)
 def test_each_config_file_composes_and_resolves(path: str) -> None:
-    overrides = _overrides_for(path)
-    if path == "data/text.yaml":
-        overrides.append("data.train=[some.txt]")  # the one value text.yaml leaves to the user
+    overrides = _overrides_for(path) + REQUIRED_FOR_FILE.get(path, [])
     group, _, option = path.removesuffix(".yaml").rpartition("/")
     primary = option if group == "" else PRIMARY_FOR_FILE.get(path, PRIMARY_FOR_GROUP.get(group, "pretrain"))
     cfg = _compose(primary, overrides + PRIMARY[primary])
@@ -107,3 +112,11 @@ def test_one_experiment_name_gives_each_command_its_own_settings() -> None:
 def test_bundled_corpus_path_resolves_to_a_file() -> None:
     cfg = _compose("pretrain", ["data=fables"])
     assert Path(cfg.data.train[0]).is_file()
+
+
+def test_labelled_data_is_typed_and_takes_label_words_from_the_command_line() -> None:
+    overrides = ["ckpt=some/run", "data=labelled", "data.train=r.csv", "data.label_words={0: negative, 1: positive}"]
+    cfg = _compose("finetune", overrides)
+    assert dict(cfg.data.label_words) == {0: "negative", 1: "positive"} and cfg.data.heldout_fraction == 0.1
+    with pytest.raises(ConfigCompositionException, match="heldout_fraction"):
+        _compose("finetune", overrides + ["data.heldout_fraction=some"])

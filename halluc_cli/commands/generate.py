@@ -6,6 +6,7 @@ validate -> load the model -> read questions or prompts -> batched decoding -> p
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from halluc_cli.commands.common import print_table, resolve_run, start_run
 from halluc_cli.config import KBQAConfig
 from halluc_cli.data.kbqa import QAExample, read_qa_file
+from halluc_cli.data.labelled import is_labelled
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
@@ -53,25 +55,49 @@ def _qa_format(cfg: DictConfig, source_dir: Path) -> tuple[str, str]:
     """The prompt template and abstain phrase: given, else the training run's, else the defaults."""
     run_config = source_dir / "config.yaml"
     data = OmegaConf.load(run_config).get("data", {}) if run_config.is_file() else {}
+    return qa_format(data, cfg.prompt_template, cfg.abstain_phrase)
+
+
+def qa_format(
+    data: Mapping[str, Any], prompt_template: str | None = None, abstain_phrase: str | None = None
+) -> tuple[str, str]:
+    """The prompt template and abstain phrase: given, else the data config's, else the
+    defaults (labelled data has no abstain phrase). The template must take {question} alone."""
     defaults = KBQAConfig()
-    template = cfg.prompt_template or data.get("prompt_template") or defaults.prompt_template
-    abstain = cfg.abstain_phrase or data.get("abstain_phrase") or defaults.abstain_phrase
+    template = prompt_template or data.get("prompt_template") or defaults.prompt_template
+    abstain = abstain_phrase or data.get("abstain_phrase") or defaults.abstain_phrase
+    try:
+        template.format(question="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise UserError(
+            f"prompt_template {template!r} does not format ({type(error).__name__}: {error}); write "
+            "{question} where the question (labelled data: the text) goes, and {{ }} for literal braces"
+        ) from error
     if "{question}" not in template:
         raise UserError(f"prompt_template {template!r} has no {{question}} placeholder")
     return template, abstain
 
 
-def _questions(names: list[str], source_dir: Path) -> list[QAExample]:
-    """QA examples from the run's sets (by name) or from JSONL files (by path)."""
+def _questions(names: list[str] | None, source_dir: Path) -> list[QAExample]:
+    """QA examples from the run's sets (by name; None: its test sets) or from JSONL files (by path)."""
+    qa_dir = source_dir / "qa"
+    if names is None:
+        names = sorted(path.stem for path in qa_dir.glob("test*.jsonl"))
+        if not names:
+            raise UserError(
+                f"{source_dir} has no test sets (qa/test*.jsonl; a pretrain run has none); "
+                "give questions=<QA JSONL file> or prompts=<text file>"
+            )
     examples: list[QAExample] = []
     for name in names:
-        path = source_dir / "qa" / f"{name}.jsonl"
+        path = qa_dir / f"{name}.jsonl"
         if not path.is_file():
             path = Path(name)
         if not path.is_file():
+            sets = ", ".join(sorted(found.stem for found in qa_dir.glob("*.jsonl"))) or "none"
             raise UserError(
                 f"questions={name}: neither a QA set of {source_dir} (qa/{name}.jsonl) nor a file; "
-                "use test_known, test_unknown, valid, finetune or a QA JSONL path"
+                f"use one of the run's sets ({sets}) or a QA JSONL path"
             )
         examples.extend(read_qa_file(path))
     return examples
@@ -100,7 +126,8 @@ def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> dict[str, Any]:
-    """DESIGN.md's prediction record (plus subject and relation for scoring by relation)."""
+    """DESIGN.md's prediction record (plus subject and relation for scoring by relation, and
+    for labelled text the label)."""
     prediction = outputs[0]
     return {
         "id": example.id,
@@ -112,6 +139,8 @@ def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> 
         "abstained": normalize_text(prediction) == normalize_text(abstain_phrase),
         "subject": example.subject,
         "relation": example.relation,
+        # what halluc score task=classification compares the prediction with
+        **({"label": example.answer} if is_labelled(example) else {}),
         **({"samples": outputs} if len(outputs) > 1 else {}),
     }
 

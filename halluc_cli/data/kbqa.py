@@ -29,7 +29,8 @@ QA_SETS = ("finetune", "valid", "test_known", "test_unknown")
 
 @dataclass
 class QAExample:
-    """One question about one fact (DESIGN.md's QA format)."""
+    """One question about one fact (DESIGN.md's QA format); labelled text (`labelled.py`)
+    takes the same form, its text as the question and its label word as the answer."""
 
     id: str
     question: str
@@ -37,7 +38,7 @@ class QAExample:
     aliases: list[str]
     subject: str
     relation: str
-    known: bool
+    known: bool | None  # None: labelled text, no fact the pretraining corpus could have stated
     split: str
 
 
