@@ -18,7 +18,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
 from halluc_cli.training.batches import TokenStream
-from halluc_cli.training.device import build_accelerator
+from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.loop import Trainer
 
 
@@ -43,6 +43,7 @@ def run(cfg: DictConfig) -> None:
     train_cfg = cfg.train
     train_data = _stream(tokens["train"], train_cfg, ordered=model.recurrent, seed=cfg.seed, split="train")
     valid_data = _stream(tokens["valid"], train_cfg, ordered=True, seed=cfg.seed, split="valid")
+    train_data, valid_data = pin_batches(train_data, accelerator.device), pin_batches(valid_data, accelerator.device)
     trainer = Trainer(model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data)
     result = trainer.fit(resume_from)
 
