@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     """Run the asked configurations, print the table, and return its rows."""
     args = parse_args(argv)
     on_gpu = args.device == "gpu"
+    if on_gpu and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU is visible; run with --device cpu --tiny for a smoke run")
     device_name = torch.cuda.get_device_name() if on_gpu and torch.cuda.is_available() else "CPU"
     peak = args.peak_tflops or (peak_tflops(device_name) if on_gpu else None)
     precisions = args.precision or (["fp32", "bf16"] if on_gpu else ["fp32"])
