@@ -72,7 +72,8 @@ class _TaskState:
 
 @dataclass
 class _GuardedTask:
-    """`task` as Hydra calls it: a missing value or a `UserError` ends with one line, exit 2.
+    """`task` as Hydra calls it: a missing value or a `UserError` ends with one line, exit 2;
+    a stop signal (`Preempted`, after its checkpoint) ends as the scheduler expects.
 
     A module-level class rather than a closure: submitit launchers (hydra/launcher=slurm)
     pickle the task into each job, and a closure would take this module's console, which
@@ -83,6 +84,8 @@ class _GuardedTask:
     debug: bool
 
     def __call__(self, cfg) -> None:
+        from halluc_cli.training.preemption import Preempted, exit_preempted
+
         _TaskState.started = True
         try:
             _require_values(cfg)
@@ -92,6 +95,8 @@ class _GuardedTask:
                 raise
             err.print(f"error: {error}", highlight=False, markup=False)
             sys.exit(error.exit_code)
+        except Preempted as stopped:
+            exit_preempted(stopped)
 
 
 def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
@@ -113,6 +118,10 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     register_configs()
     _quiet_libraries()
 
+    if int(os.environ.get("RANK", "0")) > 0:
+        # A process other than the main one of a multi-process run (torchrun) writes no
+        # Hydra files: no .hydra/ config copies, no job log.
+        args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     _TaskState.started = False
     guarded = _GuardedTask(task, debug)
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)

@@ -75,6 +75,8 @@ class CorpusConfig:
     hf_dataset: Optional[str] = None  # e.g. wikitext (needs internet on first use)
     hf_config: Optional[str] = None  # e.g. wikitext-2-raw-v1
     text_column: str = "text"
+    # Deal the lines out in a new order every epoch (independent lines, not running text)
+    shuffle_lines: bool = False
 
 
 @dataclass
@@ -105,6 +107,9 @@ class KBQAConfig:
     known_fraction: float = 0.5  # share of subjects whose facts the pretraining corpus states
     split_seed: int = 0
     paraphrases: int = 4  # statement templates per known fact (1: one phrasing)
+    # A new order of statements every epoch: in one fixed order a model learns each fact
+    # from the statements before it, and cannot recall it from its subject alone.
+    shuffle_lines: bool = True
     general_text: list[str] = field(default_factory=list)  # text files to mix in
     general_ratio: float = 0.0  # share of corpus lines taken from general_text
     # QA sets for finetune
@@ -136,7 +141,7 @@ class TrainConfig:
     """The shared training loop's settings (pretrain and finetune)."""
 
     max_steps: int = 1000  # optimizer steps
-    batch_size: int = 20
+    batch_size: int = 20  # the global batch: split across processes under torchrun
     seq_len: int = 35  # tokens per sequence; the BPTT length for the LSTM
     grad_accum: int = 1  # micro-batches per optimizer step
     optimizer: str = "adamw"  # adamw | sgd

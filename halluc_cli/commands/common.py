@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -16,17 +17,27 @@ from halluc_cli.io import atomic_write_text, complete_dir
 from halluc_cli.models import LanguageModel, count_parameters
 from halluc_cli.models.base import FAMILY_FILE
 from halluc_cli.training.checkpoint import find_checkpoint
+from halluc_cli.training.distributed import shared_run_dir
 
 console = Console(soft_wrap=True)
 
 
-def start_run(cfg: DictConfig) -> Path:
+def start_run(cfg: DictConfig, accelerator: Accelerator | None = None) -> Path:
     """Seed every generator (commands with a seed), save the resolved config in the run dir,
-    and return the dir."""
+    and return the dir.
+
+    Training commands pass their `accelerator`: of several processes (torchrun), all use the
+    main process's run dir, and only the main one writes the config and prints.
+    """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    main = accelerator is None or accelerator.is_main_process
+    if accelerator is not None:
+        run_dir = shared_run_dir(run_dir, accelerator)
+    console.quiet = not main
     if "seed" in cfg:
         set_seed(cfg.seed)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    if main:
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
     return run_dir
 

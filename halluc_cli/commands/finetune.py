@@ -2,7 +2,8 @@
 
 validate -> load the pretrained model -> QA sets (known/unknown from the pretraining run)
 -> freeze strategy -> batches -> the shared training loop -> answer and score the test
-sets (eval_after) -> summary.
+sets (eval_after) -> summary. Of several processes (torchrun), the main one builds the QA
+sets (and cleans them) and answers the test sets; the others read the sets back.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from halluc_cli.data.kbqa import (
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
+from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, complete_dir
 from halluc_cli.scoring.metrics import score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import count_parameters, load_model
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator, pin_batches
+from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze
 from halluc_cli.training.loop import Trainer
@@ -45,10 +48,11 @@ EVAL_NAMES = {"best": "early_stop", "checkpoint": "final"}
 def run(cfg: DictConfig) -> None:
     """Fine-tune the checkpoint in `cfg.ckpt`; everything lands in the Hydra run dir."""
     check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
-    run_dir = start_run(cfg)
+    accelerator = build_accelerator(cfg.device)
+    _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
+    run_dir = start_run(cfg, accelerator)
     pretrain_dir, checkpoint = resolve_run(cfg.ckpt)
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
-    accelerator = build_accelerator(cfg.device)
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint)
     freeze = apply_freeze(model, cfg.freeze)
@@ -56,16 +60,19 @@ def run(cfg: DictConfig) -> None:
         freeze.restore(model, resume_from)
     describe_model(model, notes=freeze.notes)
     trainable, total = count_parameters(model)  # after freezing (gradual: at the start), for halluc score
-    qa_sets = _qa_sets(cfg, pretrain_dir, run_dir / "qa")
 
     def batches(examples: list[QAExample]) -> ExampleBatches:
         encoded = [_encode(tokenizer, cfg.data, example) for example in examples]
         return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
 
-    # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
-    finetune_set = prepare_finetune_set(
-        cfg, qa_sets["finetune"], model, tokenizer, accelerator.device, run_dir, resuming=resume_from is not None
-    )
+    # The main process writes the sets (and cleans them) first; the others then read them back.
+    with accelerator.main_process_first():
+        qa_sets = _qa_sets(cfg, pretrain_dir, run_dir / "qa")
+        # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
+        finetune_set = prepare_finetune_set(
+            cfg, qa_sets["finetune"], model, tokenizer, accelerator.device, run_dir, resuming=resume_from is not None
+        )
+    check_last_batch(len(finetune_set), cfg.train.batch_size, accelerator.num_processes)
     # Gekhman et al.: Unknown examples are fitted more slowly than Known ones; watch both.
     fit_groups = {
         "train_acc_known": [e for e in finetune_set if e.known],
@@ -136,6 +143,13 @@ def evaluate_tests(
                 if metric in rates:
                     headline[f"{EVAL_NAMES[weights]}_{group}_{metric}"] = rates[metric]
     return headline
+
+
+def _check_freeze_processes(freeze: str, num_processes: int) -> None:
+    # DDP synchronises the gradients of the parameters that train when it wraps the model;
+    # one that gradual unfreezing switches on later would train apart on each process.
+    if freeze == "gradual" and num_processes > 1:
+        raise UserError("freeze=gradual runs in one process only; launch it without torchrun or pick another freeze")
 
 
 def _qa_sets(cfg: DictConfig, pretrain_dir: Path, directory: Path) -> dict[str, list[QAExample]]:

@@ -1,11 +1,13 @@
 """`halluc pretrain`: train a language model from scratch on a corpus.
 
 validate -> load corpus -> tokenizer -> model -> token streams -> train -> test perplexity.
+Of several processes (torchrun), the main one prepares the data; the others read it back.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
@@ -21,33 +23,35 @@ from halluc_cli.training.batches import TokenStream
 from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.loop import Trainer
 
+TOKENS_DIR = "tokens"  # the tokenized splits and the tokenizer that made them
+
 
 def run(cfg: DictConfig) -> None:
     """Pretrain the configured model; everything lands in the Hydra run dir."""
-    run_dir = start_run(cfg)
-    resume_from = checkpoint_to_resume(run_dir, cfg.resume)
     accelerator = build_accelerator(cfg.device)
+    run_dir = start_run(cfg, accelerator)
+    resume_from = checkpoint_to_resume(run_dir, cfg.resume)
+    if resume_from is None and accelerator.is_main_process:
+        _prepare_data(cfg, run_dir / TOKENS_DIR)
+    accelerator.wait_for_everyone()  # the others read what the main process wrote
+    tokenizer = load_tokenizer(resume_from or run_dir / TOKENS_DIR)
     if resume_from is not None:
-        tokenizer = load_tokenizer(resume_from)
         model = load_model(resume_from, expected_family=cfg.model.name)
-        tokens = load_token_arrays(run_dir / "tokens")
     else:
-        corpus = load_corpus(cfg.data)
-        if corpus.kb_split is not None:
-            save_split(run_dir, corpus.kb_split)
-        tokenizer, model = _new_model(cfg.model, corpus.splits["train"] + corpus.tokenizer_lines)
-        tokens = tokenize_corpus(corpus.splits, tokenizer, run_dir / "tokens")
+        model = _new_model(cfg.model, tokenizer)
+    tokens = load_token_arrays(run_dir / TOKENS_DIR)
     _check_sequence_length(model, cfg.train.seq_len)
     describe_model(model)
 
     train_cfg = cfg.train
-    train_data = _stream(tokens["train"], train_cfg, ordered=model.recurrent, seed=cfg.seed, split="train")
-    valid_data = _stream(tokens["valid"], train_cfg, ordered=True, seed=cfg.seed, split="valid")
+    line_end = tokenizer.eos_token_id if cfg.data.shuffle_lines else None
+    train_data = _stream(tokens["train"], train_cfg, model.recurrent, cfg.seed, "train", line_end)
+    valid_data = _stream(tokens["valid"], train_cfg, True, cfg.seed, "valid")
     train_data, valid_data = pin_batches(train_data, accelerator.device), pin_batches(valid_data, accelerator.device)
     trainer = Trainer(model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data)
     result = trainer.fit(resume_from)
 
-    test_data = _stream(tokens["test"], train_cfg, ordered=True, seed=cfg.seed, split="test")
+    test_data = _stream(tokens["test"], train_cfg, True, cfg.seed, "test")
     test_loss = trainer.mean_loss(test_data)
     summary = {
         "steps": result.steps,
@@ -62,12 +66,29 @@ def run(cfg: DictConfig) -> None:
         print_table(f"pretrain {model.family}: {run_dir}", summary)
 
 
-def _new_model(model_cfg: DictConfig, tokenizer_lines: list[str]) -> tuple[PreTrainedTokenizerBase, LanguageModel]:
-    """A pretrained model and its tokenizer, or a fresh tokenizer learned on the corpus and a new model."""
+def _prepare_data(cfg: DictConfig, tokens_dir: Path) -> None:
+    """Load the corpus, learn (or load) the tokenizer, and write both it and the tokenized
+    splits to `tokens_dir`; a KB corpus also records which facts it states (kb_split.json)."""
+    corpus = load_corpus(cfg.data)
+    if corpus.kb_split is not None:
+        save_split(tokens_dir.parent, corpus.kb_split)
+    tokenizer = _new_tokenizer(cfg.model, corpus.splits["train"] + corpus.tokenizer_lines)
+    tokenize_corpus(corpus.splits, tokenizer, tokens_dir)
+    tokenizer.save_pretrained(tokens_dir)
+
+
+def _new_tokenizer(model_cfg: DictConfig, tokenizer_lines: list[str]) -> PreTrainedTokenizerBase:
+    """A pretrained model's tokenizer, or a fresh one learned on the corpus."""
     if model_cfg.get("pretrained"):
-        return load_tokenizer(model_cfg.pretrained), FAMILIES[model_cfg.name].from_pretrained(model_cfg.pretrained)
-    tokenizer = train_tokenizer(tokenizer_lines, model_cfg.tokenizer)
-    return tokenizer, build_model(model_cfg, tokenizer)
+        return load_tokenizer(model_cfg.pretrained)
+    return train_tokenizer(tokenizer_lines, model_cfg.tokenizer)
+
+
+def _new_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+    """A pretrained model, or a new one sized by the config."""
+    if model_cfg.get("pretrained"):
+        return FAMILIES[model_cfg.name].from_pretrained(model_cfg.pretrained)
+    return build_model(model_cfg, tokenizer)
 
 
 def _check_sequence_length(model: LanguageModel, seq_len: int) -> None:
@@ -76,8 +97,10 @@ def _check_sequence_length(model: LanguageModel, seq_len: int) -> None:
         raise UserError(f"train.seq_len={seq_len} exceeds the model's {limit} positions; lower train.seq_len")
 
 
-def _stream(tokens, train_cfg: DictConfig, ordered: bool, seed: int, split: str) -> TokenStream:
+def _stream(
+    tokens, train_cfg: DictConfig, ordered: bool, seed: int, split: str, line_end: int | None = None
+) -> TokenStream:
     try:
-        return TokenStream(tokens, train_cfg.batch_size, train_cfg.seq_len, ordered=ordered, seed=seed)
+        return TokenStream(tokens, train_cfg.batch_size, train_cfg.seq_len, ordered, seed, line_end)
     except ValueError as error:
         raise UserError(f"the {split} split: {error}") from error

@@ -33,9 +33,25 @@ class TokenStream:
     before, so an LSTM carries its hidden state across batches. For models with no carried
     state (`ordered=False`) the chunks of each epoch are shuffled with a generator seeded by
     (seed, epoch), so the order is reproducible and resumable from (epoch, position) alone.
+
+    `line_end`: the token that ends each line. Given, the lines are dealt out in a new order
+    every epoch (from the same seeded generator). For a corpus of independent statements
+    (KB facts) this matters: in one fixed order, a model learns each fact from the lines
+    before it, and then cannot recall it from its subject alone.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, ordered: bool, seed: int = 0) -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        batch_size: int,
+        seq_len: int,
+        ordered: bool,
+        seed: int = 0,
+        line_end: int | None = None,
+    ) -> None:
+        self.tokens = tokens
+        self.batch_size, self.seq_len, self.ordered, self.seed = batch_size, seq_len, ordered, seed
+        self._line_spans = None if line_end is None else _line_spans(np.asarray(tokens), line_end)
         columns = (len(tokens) - 1) // batch_size  # -1: every input needs its next token
         self.num_chunks = columns // seq_len
         if self.num_chunks == 0:
@@ -43,39 +59,52 @@ class TokenStream:
                 f"{len(tokens)} tokens are too few for one batch of {batch_size}x{seq_len}; "
                 "lower train.batch_size or train.seq_len, or give more text"
             )
-        usable = columns * batch_size + 1
+        self.epoch, self.position = 0, 0
+        self.inputs, self.targets = self._columns(np.asarray(tokens))
+        self._start_epoch()
+
+    def _columns(self, tokens: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        columns = (len(tokens) - 1) // self.batch_size
+        usable = columns * self.batch_size + 1
         # Column b holds tokens [b*columns, (b+1)*columns]; the extra one is b's last label.
         data = np.asarray(tokens[:usable], dtype=np.int64)
-        self.inputs = torch.from_numpy(data[:-1].reshape(batch_size, columns))
-        self.targets = torch.from_numpy(data[1:].reshape(batch_size, columns))
-        self.seq_len, self.ordered, self.seed = seq_len, ordered, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._epoch_order()
+        inputs = torch.from_numpy(data[:-1].reshape(self.batch_size, columns))
+        targets = torch.from_numpy(data[1:].reshape(self.batch_size, columns))
+        return inputs, targets
 
-    def _epoch_order(self) -> list[int]:
-        if self.ordered:
-            return list(range(self.num_chunks))
+    def _start_epoch(self) -> None:
+        """This epoch's chunk order and, with `line_end`, its order of lines."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.num_chunks, generator=generator).tolist()
+        if self._line_spans is not None:
+            order = torch.randperm(len(self._line_spans), generator=generator).numpy()
+            shuffled = np.concatenate([self.tokens[start:end] for start, end in self._line_spans[order]])
+            self._train_inputs, self._train_targets = self._columns(shuffled)
+        else:
+            self._train_inputs, self._train_targets = self.inputs, self.targets
+        if self.ordered:
+            self._order = list(range(self.num_chunks))
+        else:
+            self._order = torch.randperm(self.num_chunks, generator=generator).tolist()
 
-    def _chunk(self, index: int, new_sequence: bool) -> Batch:
+    def _chunk(self, inputs: torch.Tensor, targets: torch.Tensor, index: int, new_sequence: bool) -> Batch:
         span = slice(index * self.seq_len, (index + 1) * self.seq_len)
-        return Batch(self.inputs[:, span], self.targets[:, span], new_sequence=new_sequence)
+        return Batch(inputs[:, span], targets[:, span], new_sequence=new_sequence)
 
     def next_batch(self) -> Batch:
         """The next training batch, wrapping into a new epoch at the end."""
         if self.position == self.num_chunks:
             self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._epoch_order()
+            self._start_epoch()
         index = self._order[self.position]
-        batch = self._chunk(index, new_sequence=index == 0 or not self.ordered)
+        new_sequence = index == 0 or not self.ordered
+        batch = self._chunk(self._train_inputs, self._train_targets, index, new_sequence)
         self.position += 1
         return batch
 
     def one_pass(self, max_batches: int | None = None) -> Iterator[Batch]:
         """Every chunk once, in order (evaluation); does not move the training position."""
         for index in range(min(self.num_chunks, max_batches or self.num_chunks)):
-            yield self._chunk(index, new_sequence=index == 0)
+            yield self._chunk(self.inputs, self.targets, index, new_sequence=index == 0)
 
     def state_dict(self) -> dict[str, int]:
         """Where the stream is: enough to continue with the very next batch."""
@@ -84,7 +113,16 @@ class TokenStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._epoch_order()
+        self._start_epoch()
+
+
+def _line_spans(tokens: np.ndarray, line_end: int) -> np.ndarray:
+    """(start, end) of each line, its end token included; a last unended line counts too."""
+    ends = np.flatnonzero(tokens == line_end) + 1
+    if len(ends) == 0 or ends[-1] != len(tokens):
+        ends = np.append(ends, len(tokens))
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.stack([starts, ends], axis=1)
 
 
 @dataclass

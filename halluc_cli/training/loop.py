@@ -2,7 +2,13 @@
 
 Per step, in the order it happens: batch -> forward (autocast) -> loss -> backward, for each
 micro-batch of the accumulation -> clip -> optimizer and schedule step -> log -> evaluate
-(validation loss, perplexity, extra evaluators; early stopping) -> checkpoint.
+(validation loss, perplexity, extra evaluators; early stopping) -> checkpoint -> stop if a
+scheduler signalled (`preemption`).
+
+Under several processes (torchrun, accelerate launch) each trains on its rows of every global
+batch (`distributed`); losses are summed across processes, every process evaluates the same
+weights on the whole validation split (so all get the same numbers and stop together), and
+the main process alone writes metrics and checkpoints.
 """
 
 from __future__ import annotations
@@ -30,7 +36,9 @@ from halluc_cli.training.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from halluc_cli.training.distributed import check_batch_split, gather_state, process_batch, scatter_state
 from halluc_cli.training.optim import build_optimizer, build_scheduler
+from halluc_cli.training.preemption import Preempted, StopSignals, stop_signals
 from halluc_cli.training.progress import ProgressReporter
 
 # Extra numbers computed at each evaluation (e.g. finetune's train accuracy on known and
@@ -76,6 +84,7 @@ class Trainer:
     ) -> None:
         """`parameters`: what the optimizer holds (default: the trainable ones); `on_step(step)`
         runs before each step (gradual unfreezing changes what trains)."""
+        check_batch_split(cfg.batch_size, accelerator.num_processes)
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
         self.evaluators, self.on_step = evaluators, on_step
@@ -97,7 +106,7 @@ class Trainer:
         self.last_val_loss = math.nan
         self.last_metrics: dict[str, Any] = {}  # the latest evaluation's metrics line
         self.losses_since_eval: list[float] = []  # averaged into the next eval's train_loss
-        self.carry = None  # the recurrent state carried from batch to batch
+        self.carry = None  # the recurrent state carried from batch to batch (this process's rows)
 
     @property
     def unwrapped(self) -> LanguageModel:
@@ -108,10 +117,11 @@ class Trainer:
         """Train to `max_steps` (or early stopping), from scratch or from a checkpoint."""
         if resume_from is not None:
             self._restore(resume_from)
-        elif self.metrics_path.exists():
+        elif self.metrics_path.exists() and self.accelerator.is_main_process:
             self.metrics_path.unlink()  # a fresh start in a used run dir begins a fresh log
         started, stopped_early = time.perf_counter(), False
-        with ProgressReporter(self.cfg.max_steps, self.step, enabled=self.cfg.progress) as progress:
+        show_progress = self.cfg.progress and self.accelerator.is_main_process
+        with ProgressReporter(self.cfg.max_steps, self.step, enabled=show_progress) as progress, stop_signals() as stop:
             while self.step < self.cfg.max_steps:
                 step_started = time.perf_counter()
                 if self.on_step is not None:
@@ -128,35 +138,45 @@ class Trainer:
                     self.last_val_loss = metrics["val_loss"]
                     progress.log_eval(metrics)
                     stopped_early = self._should_stop(self.last_val_loss)
-                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps or stopped_early:
+                signum = self._stop_signal(stop)
+                if self.step % self.cfg.save_every == 0 or self.step == self.cfg.max_steps or stopped_early or signum:
                     self._save()
+                if signum:
+                    raise Preempted(
+                        signum, self.step, self.checkpoint_dir, stop.replaced[signum], self.accelerator.is_main_process
+                    )
                 if stopped_early:
                     break
         seconds = time.perf_counter() - started
         return FitResult(self.step, self.last_val_loss, self.best_val_loss, stopped_early, seconds)
 
     def _train_step(self) -> tuple[float, int]:
-        """One optimizer step over `grad_accum` micro-batches; returns (mean loss, tokens)."""
+        """One optimizer step over `grad_accum` global micro-batches; returns (mean loss, tokens)."""
         self.model.train()
-        total_loss, tokens = 0.0, 0
+        total_loss, tokens = torch.zeros((), device=self.accelerator.device), 0
         for micro_step in range(self.cfg.grad_accum):
             batch = self.train_data.next_batch()
             last = micro_step == self.cfg.grad_accum - 1
             # Gradients are averaged across processes once per step, not per micro-batch.
             with self.accelerator.no_sync(self.model) if not last else nullcontext():
                 loss = self._loss(batch) / self.cfg.grad_accum
-                self.accelerator.backward(loss)
-            total_loss += loss.item()
+                # DDP averages gradients over processes; each loss is a share of a sum.
+                self.accelerator.backward(loss * self.accelerator.num_processes)
+            total_loss += loss.detach()
             tokens += batch.input_ids.numel()
         if self.cfg.clip_grad:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total_loss, tokens * self.accelerator.num_processes
+        return self.accelerator.reduce(total_loss, "sum").item(), tokens
 
     def _loss(self, batch: Batch) -> torch.Tensor:
+        """This process's share of the mean loss over the global `batch`'s scored tokens:
+        the shares of all processes add up to what one process computes on the whole batch."""
         device = self.accelerator.device
+        scored = max(batch.num_tokens, 1)
+        batch = process_batch(batch, self.accelerator)
         if batch.new_sequence:
             self.carry = None
         with self.accelerator.autocast():
@@ -166,17 +186,20 @@ class Trainer:
                 None if batch.attention_mask is None else batch.attention_mask.to(device, non_blocking=True),
             )
         self.carry = self.unwrapped.detach_state(carry)
-        return _cross_entropy(logits, batch.labels.to(device, non_blocking=True))
+        return _cross_entropy(logits, batch.labels.to(device, non_blocking=True), reduction="sum") / scored
 
     @torch.no_grad()
     def mean_loss(self, data: BatchSource, max_batches: int | None = None) -> float:
-        """Mean loss per scored token over one pass of `data` (perplexity = exp of it)."""
+        """Mean loss per scored token over one pass of `data` (perplexity = exp of it).
+
+        Every process scores all of `data` with the same weights, so all get the same number.
+        """
         self.model.eval()
         device, total, count, carry = self.accelerator.device, 0.0, 0, None
         for batch in data.one_pass(max_batches):
             carry = None if batch.new_sequence else carry
             with self.accelerator.autocast():
-                logits, carry = self.model(
+                logits, carry = self.unwrapped(
                     batch.input_ids.to(device),
                     carry,
                     None if batch.attention_mask is None else batch.attention_mask.to(device),
@@ -217,23 +240,34 @@ class Trainer:
         patience = self.cfg.early_stopping_patience
         return patience is not None and self.evals_since_best >= patience
 
+    def _stop_signal(self, stop: StopSignals) -> int:
+        """The stop signal any process has received (0: none), so that all stop after the same step."""
+        if self.accelerator.num_processes == 1:
+            return stop.received  # no one to agree with: spare the device a sync per step
+        received = torch.tensor(stop.received, device=self.accelerator.device)
+        return int(self.accelerator.reduce(received, "max"))
+
     def _save(self) -> None:
+        """The main process writes the checkpoint; the others wait until it is complete, so
+        that none runs ahead or exits (preemption) while it is being written."""
+        carry = gather_state(self.carry)  # every process takes part
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.checkpoint_dir, self.unwrapped, self.tokenizer, self._training_state(carry))
         self.accelerator.wait_for_everyone()
-        if not self.accelerator.is_main_process:
-            return
-        state = {
+
+    def _training_state(self, carry: Any) -> dict[str, Any]:
+        return {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "data": self.train_data.state_dict(),
             "rng": rng_state(),
-            "carry": self.carry,
+            "carry": carry,
             "best_val_loss": self.best_val_loss,
             "last_val_loss": self.last_val_loss,
             "evals_since_best": self.evals_since_best,
             "losses_since_eval": self.losses_since_eval,
         }
-        save_checkpoint(self.checkpoint_dir, self.unwrapped, self.tokenizer, state)
 
     def _save_best(self) -> None:
         """The model at its best validation loss so far: the early-stopping point."""
@@ -250,7 +284,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
-        self.carry = _to_device(state["carry"], self.accelerator.device)
+        self.carry = scatter_state(state["carry"], self.accelerator)
         self.best_val_loss = float(state["best_val_loss"])
         self.last_val_loss = float(state["last_val_loss"])
         self.evals_since_best = int(state["evals_since_best"])
@@ -268,14 +302,6 @@ class Trainer:
         self.last_metrics = kept[-1] if kept else {}
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     # In fp32 whatever the autocast dtype: the softmax over a large vocabulary needs the range.
-    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction=reduction)

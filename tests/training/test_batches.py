@@ -42,3 +42,41 @@ def test_position_restores_the_next_batch() -> None:
 def test_too_few_tokens_is_an_error() -> None:
     with pytest.raises(ValueError, match="too few for one batch"):
         TokenStream(np.arange(10), batch_size=4, seq_len=5, ordered=True)
+
+
+def _lines_of(tokens: list[int], end: int) -> list[tuple[int, ...]]:
+    lines, line = [], []
+    for token in tokens:
+        line.append(token)
+        if token == end:
+            lines.append(tuple(line))
+            line = []
+    return lines
+
+
+def _epoch_text(stream: TokenStream) -> list[int]:
+    """The training text of a one-column stream's epoch: its inputs and the last label."""
+    batches = [stream.next_batch() for _ in range(stream.num_chunks)]
+    return [int(t) for b in batches for t in b.input_ids[0]] + [int(batches[-1].labels[0, -1])]
+
+
+def test_line_shuffle_deals_whole_lines_in_a_new_order_each_epoch() -> None:
+    # 30 lines "k k+1 k+2 END" (END = -1), read in order by an LSTM-style stream
+    tokens = np.array([t for k in range(0, 300, 10) for t in (k, k + 1, k + 2, -1)])
+    stream = TokenStream(tokens, batch_size=1, seq_len=7, ordered=True, seed=5, line_end=-1)  # 17 chunks: all of it
+    original = _lines_of(tokens.tolist(), -1)
+    first, second = _lines_of(_epoch_text(stream), -1), _lines_of(_epoch_text(stream), -1)
+    assert sorted(first) == sorted(original) and sorted(second) == sorted(original)
+    assert first != original and second != first
+    # evaluation reads the text as written
+    assert [int(t) for b in stream.one_pass() for t in b.input_ids[0]] == tokens[:-1].tolist()
+
+
+def test_line_shuffle_resumes_at_the_same_batch() -> None:
+    tokens = np.array([t for k in range(0, 400, 10) for t in (k, k + 1, -1)])
+    stream = TokenStream(tokens, 2, 3, ordered=False, seed=2, line_end=-1)
+    for _ in range(stream.num_chunks + 3):  # into the second epoch
+        stream.next_batch()
+    fresh = TokenStream(tokens, 2, 3, ordered=False, seed=2, line_end=-1)
+    fresh.load_state_dict(stream.state_dict())
+    assert torch.equal(fresh.next_batch().input_ids, stream.next_batch().input_ids)
