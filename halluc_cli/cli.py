@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 import typer
@@ -69,6 +70,35 @@ class _TaskState:
     started = False
 
 
+@dataclass
+class _GuardedTask:
+    """`task` as Hydra calls it: a missing value or a `UserError` ends with one line, exit 2;
+    a stop signal (`Preempted`, after its checkpoint) ends as the scheduler expects.
+
+    A module-level class rather than a closure: submitit launchers (hydra/launcher=slurm)
+    pickle the task into each job, and a closure would take this module's console, which
+    holds a lock, along by value.
+    """
+
+    task: Callable
+    debug: bool
+
+    def __call__(self, cfg) -> None:
+        from halluc_cli.training.preemption import Preempted, exit_preempted
+
+        _TaskState.started = True
+        try:
+            _require_values(cfg)
+            self.task(cfg)
+        except UserError as error:
+            if self.debug:
+                raise
+            err.print(f"error: {error}", highlight=False, markup=False)
+            sys.exit(error.exit_code)
+        except Preempted as stopped:
+            exit_preempted(stopped)
+
+
 def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     """Run `task` as the Hydra app of `conf/<name>.yaml` with `args` as its command line.
 
@@ -79,7 +109,6 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     import hydra
 
     from halluc_cli.config import CONF_DIR, register_configs
-    from halluc_cli.training.preemption import Preempted, exit_preempted
 
     debug = "--debug" in args
     if debug:
@@ -89,24 +118,12 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     register_configs()
     _quiet_libraries()
 
-    def guarded(cfg) -> None:
-        _TaskState.started = True
-        try:
-            _require_values(cfg)
-            task(cfg)
-        except UserError as error:
-            if debug:
-                raise
-            err.print(f"error: {error}", highlight=False, markup=False)
-            sys.exit(error.exit_code)
-        except Preempted as stopped:
-            exit_preempted(stopped)
-
     if int(os.environ.get("RANK", "0")) > 0:
         # A process other than the main one of a multi-process run (torchrun) writes no
         # Hydra files: no .hydra/ config copies, no job log.
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     _TaskState.started = False
+    guarded = _GuardedTask(task, debug)
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)
     sys.argv = [f"halluc {name}", *args]
     try:

@@ -151,8 +151,13 @@ class DeviceConfig:
     """Where and in which precision to run; read by `halluc_cli.training.device`."""
 
     name: str = "auto"  # auto: CUDA when present | cpu | gpu
-    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp32 | fp32 | bf16 | fp16
+    # auto: bf16 on GPUs that compute it natively (Ampere+), fp16 with a gradient scaler on
+    # older GPUs, fp32 on the CPU | fp32 | bf16 | fp16 (GPU only)
+    precision: str = "auto"
     tf32: bool = True  # TF32 matmuls on Ampere and newer GPUs
+    # torch.compile the model for training (the first steps compile, minutes for a large
+    # model); checkpoints hold the model itself. Decoding (generate, eval_after) runs uncompiled.
+    compile: bool = False
 
 
 @dataclass

@@ -40,13 +40,13 @@ ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob(
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 34, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 36, ALL_CONFIGS
 
 
-def _compose(name: str, overrides: list[str]):
+def _compose(name: str, overrides: list[str], with_hydra: bool = False):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+        return compose(config_name=name, overrides=overrides, return_hydra_config=with_hydra)
 
 
 def _overrides_for(path: str) -> list[str]:
@@ -120,3 +120,24 @@ def test_labelled_data_is_typed_and_takes_label_words_from_the_command_line() ->
     assert dict(cfg.data.label_words) == {0: "negative", 1: "positive"} and cfg.data.heldout_fraction == 0.1
     with pytest.raises(ConfigCompositionException, match="heldout_fraction"):
         _compose("finetune", overrides + ["data.heldout_fraction=some"])
+
+
+LAUNCHERS = sorted(path.stem for path in (CONF_DIR / "hydra" / "launcher").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+@pytest.mark.parametrize("command", sorted(PRIMARY))
+def test_each_launcher_composes_for_each_command(command: str, launcher: str) -> None:
+    cfg = _compose(command, [f"hydra/launcher={launcher}", *PRIMARY[command]], with_hydra=True)
+    launcher_cfg = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher_cfg["_target_"].startswith("hydra_plugins.hydra_submitit_launcher.")
+    assert launcher_cfg["name"] == command and launcher_cfg["timeout_min"] > 0
+    with pytest.raises(ConfigCompositionException, match="timeout_minutes"):  # typed by the plugin's schema
+        _compose(command, [f"hydra/launcher={launcher}", "hydra.launcher.timeout_minutes=5", *PRIMARY[command]])
+
+
+def test_slurm_launcher_requeues_with_a_signal_before_the_limit() -> None:
+    launcher = _compose("finetune", ["hydra/launcher=slurm", "ckpt=some/run"], with_hydra=True).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
+    assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
+    assert launcher.additional_parameters == {"requeue": True}

@@ -40,7 +40,7 @@ from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import count_parameters, load_model
 from halluc_cli.training.batches import Example, ExampleBatches
-from halluc_cli.training.device import build_accelerator
+from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze
@@ -166,8 +166,8 @@ def run(cfg: DictConfig) -> None:
         cfg.train,
         accelerator,
         run_dir,
-        train_data=batches(finetune_set),
-        valid_data=batches(qa_sets["valid"]),
+        train_data=pin_batches(batches(finetune_set), accelerator.device),
+        valid_data=pin_batches(batches(qa_sets["valid"]), accelerator.device),
         evaluators=(fit_accuracy,),
         parameters=freeze.optimizer_parameters(model),
         on_step=lambda step: freeze.on_step(model, step),

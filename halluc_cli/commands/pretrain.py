@@ -20,7 +20,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
 from halluc_cli.training.batches import TokenStream
-from halluc_cli.training.device import build_accelerator
+from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.loop import Trainer
 
 TOKENS_DIR = "tokens"  # the tokenized splits and the tokenizer that made them
@@ -47,6 +47,7 @@ def run(cfg: DictConfig) -> None:
     line_end = tokenizer.eos_token_id if cfg.data.shuffle_lines else None
     train_data = _stream(tokens["train"], train_cfg, model.recurrent, cfg.seed, "train", line_end)
     valid_data = _stream(tokens["valid"], train_cfg, True, cfg.seed, "valid")
+    train_data, valid_data = pin_batches(train_data, accelerator.device), pin_batches(valid_data, accelerator.device)
     trainer = Trainer(model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data)
     result = trainer.fit(resume_from)
 

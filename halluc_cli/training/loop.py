@@ -98,7 +98,8 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(model, self.optimizer)
         # Looked up once: `accelerator.unwrap_model` probes the file system for optional
         # packages (deepspeed) at every call, and `_loss` needs the model every micro-batch.
-        self._unwrapped: LanguageModel = accelerator.unwrap_model(self.model)
+        # Outside torch.compile too (device.compile): checkpoints and evaluators get the module itself.
+        self._unwrapped: LanguageModel = accelerator.unwrap_model(self.model, keep_torch_compile=False)
         self.step = 0
         self.best_val_loss = math.inf
         self.evals_since_best = 0

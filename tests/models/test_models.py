@@ -82,3 +82,12 @@ def test_load_refuses_other_family(tokenizer, tmp_path: Path) -> None:
 def test_load_refuses_a_dir_that_is_no_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a halluc checkpoint"):
         load_model(tmp_path)
+
+
+def test_transformer_attention_is_sdpa_built_and_loaded(tokenizer, tmp_path: Path) -> None:
+    # PyTorch's fused scaled_dot_product_attention (flash / memory-efficient kernels on a GPU).
+    cfg = TransformerConfig(hidden_dim=16, num_layers=1, num_heads=2, max_positions=32)
+    model = build_model(cfg, tokenizer)
+    model.save(tmp_path)
+    assert model.hf.config._attn_implementation == "sdpa"
+    assert load_model(tmp_path).hf.config._attn_implementation == "sdpa"
