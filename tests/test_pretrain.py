@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from halluc_cli.config import CONF_DIR
 from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
 
 
@@ -76,7 +77,9 @@ def test_cfg_job_prints_the_config() -> None:
 def test_help_lists_config_groups() -> None:
     result = run_cli("pretrain", "--help")
     assert result.exit_code == 0
-    assert "model: lstm, transformer" in result.stdout and "pretrain/experiment: kbqa_unknown_sweep, tiny" in result.stdout and "schema/" not in result.stdout
+    assert "model: lstm, transformer" in result.stdout and "schema/" not in result.stdout
+    experiments = sorted(path.stem for path in (CONF_DIR / "pretrain" / "experiment").glob("*.yaml"))
+    assert f"pretrain/experiment: {', '.join(experiments)}" in result.stdout
 
 
 def test_append_override_reaches_the_config(tmp_path: Path) -> None:
