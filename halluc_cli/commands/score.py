@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from halluc_cli.commands.common import console, start_run
+from halluc_cli.commands.generate import PREDICTIONS_FILE
 from halluc_cli.data.kb import load_kb
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, atomic_write_json, read_jsonl
@@ -83,9 +84,8 @@ def _check_settings(cfg: DictConfig) -> None:
         raise UserError("give predictions=<file.jsonl> or runs=<multirun dir>")
     if cfg.predictions is not None and cfg.runs is not None:
         raise UserError("give predictions=<file.jsonl> or runs=<multirun dir>, not both")
-    if cfg.runs is not None and (cfg.task != "qa" or cfg.mitigation.name != "none"):
-        raise UserError("runs= gathers the QA scores finetune wrote; drop task= and mitigation= "
-                        "(they apply to predictions=)")
+    if cfg.runs is not None and cfg.task != "qa":
+        raise UserError("runs= gathers the QA scores finetune wrote; drop task= (it applies to predictions=)")
     if cfg.task not in FIELDS:
         raise UserError(f"task={cfg.task} is not a scoring task; use task=qa, classification or freetext")
     name = cfg.mitigation.name
@@ -270,6 +270,9 @@ def _gather_runs(cfg: DictConfig) -> None:
     from halluc_cli.scoring.plots import draw_plots  # matplotlib: imported only when plotting
 
     sweep = aggregate.gather(cfg.runs)
+    if cfg.mitigation.name == "kb_verify":
+        verify = _eval_point_verifier(cfg)
+        sweep = aggregate.with_verified_runs(sweep, verify, f"kb_verify({cfg.mitigation.policy})")
     for path, why in sweep.skipped:
         console.print(f"[yellow]warning[/yellow]: skipped {path}: {why}", highlight=False)
     for note in sweep.notes:
@@ -286,6 +289,19 @@ def _gather_runs(cfg: DictConfig) -> None:
         console.print(f"[bold]plot[/bold] {path}", highlight=False)
     for note in notes:
         console.print(f"no plot {note}", highlight=False)
+
+
+def _eval_point_verifier(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
+    """Scores of a finetune run's eval/<point>/ test answers after KB verification."""
+    relations = OmegaConf.to_container(cfg.kb.relations)
+    verifier = KBVerifier(load_kb(cfg.kb.path), relations, cfg.abstain_phrase)
+
+    def verify(point_dir: Path) -> dict[str, Any]:
+        records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
+        verified = verifier.apply_policy(records, cfg.mitigation.policy)
+        return {**score_predictions(verified, verifier.kb), "verification": verification_summary(verified, verifier.kb)}
+
+    return verify
 
 
 # The table's rates (summary.csv has every one, overall abstention too).
@@ -310,7 +326,10 @@ def _print_sweep(sweep: aggregate.Sweep) -> None:
         table.add_column(name.replace("_", " "), overflow="fold")  # fold: a narrow terminal hides nothing
     table.add_column("eval", overflow="fold")
     table.add_column("seeds", justify="right")
-    for header in _SWEEP_COLUMNS.values():
+    columns = dict(_SWEEP_COLUMNS)
+    if any("verification" in scores for run in sweep.runs for scores in run.scores.values()):
+        columns["verifier_precision"] = "verifier\nprecision"
+    for header in columns.values():
         table.add_column(header, justify="right", overflow="fold")
     for group in sweep.groups:
         for point in aggregate.EVAL_POINTS:
@@ -319,7 +338,7 @@ def _print_sweep(sweep: aggregate.Sweep) -> None:
                 continue
             choices = [f"{group.choices[name]:g}" if isinstance(group.choices[name], float)
                        else escape(str(group.choices[name])) for name in varying]
-            cells = [_interval_cell(stats[metric]) for metric in _SWEEP_COLUMNS]
+            cells = [_interval_cell(stats[metric]) for metric in columns]
             table.add_row(*choices, point, str(stats["n_seeds"]), *cells)
     if console.is_terminal:
         console.print(table)  # fitted to the terminal, intervals wrapped onto more lines

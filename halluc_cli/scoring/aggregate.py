@@ -3,7 +3,8 @@ every choice but the seed, as mean and 95% interval over seeds (`halluc score ru
 
 find the run dirs (a multirun dir, a glob, or a list) -> read each run (config.yaml,
 summary.json, metrics.jsonl, eval/<point>/scores.json; an unreadable one is skipped with its
-reason) -> groups -> summary rows (one per group and eval point) and run rows -> CSV.
+reason) -> (each run again, its predictions verified against the KB) -> groups -> summary
+rows (one per group and eval point) and run rows -> CSV.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
@@ -39,6 +40,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "hallucination_rate": ("overall", "hallucination_rate"),
     "abstention_rate": ("overall", "abstention_rate"),
     "unknown_abstention_rate": ("by_known", "unknown", "abstention_rate"),
+    # runs verified against the KB: the share of answers marked contradicted that were wrong
+    "verifier_precision": ("verification", "precision"),
 }
 # Costs from summary.json, averaged over seeds like the metrics.
 COSTS = ("seconds", "trainable_parameters")
@@ -110,6 +113,26 @@ def gather(spec: Any) -> Sweep:
             notes.append(f"{describe(group.choices)} holds seed(s) {repeated} more than once; "
                          "each run counts as a seed")
     return Sweep(runs, groups, skipped, notes)
+
+
+def with_verified_runs(
+    sweep: Sweep, verify: Callable[[Path], dict[str, Any]], label: str
+) -> Sweep:
+    """The sweep plus each run again with its test predictions verified: same seed and
+    choices but mitigation "<its own>+<label>", each eval point scored by `verify(eval/<point>)`.
+
+    Verification needs no training, so every fine-tuning variant gets a verified twin, and
+    a plot shows it as one more line per mitigation.
+    """
+    verified = []
+    for run in sweep.runs:
+        scores = {point: verify(run.path / "eval" / point) for point in EVAL_POINTS if point in run.scores}
+        if scores:
+            mitigation = f"{run.choices['mitigation']}+{label}"
+            # the training curve is its twin's: drawn once
+            verified.append(replace(run, choices={**run.choices, "mitigation": mitigation}, scores=scores, curve=[]))
+    runs = sweep.runs + verified
+    return Sweep(runs, group_runs(runs), sweep.skipped, sweep.notes)
 
 
 # --- finding run dirs --------------------------------------------------------------------

@@ -41,8 +41,9 @@ def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
         paths.append(plot_rates_vs_unknown_fraction(sweep.groups, varying, out_dir / "rates_vs_unknown_fraction.png"))
     else:
         notes.append("rates_vs_unknown_fraction.png: every run has the same data.unknown_fraction")
+    trained = [group for group in sweep.groups if any(run.curve for run in group.runs)]  # not verified twins
     if any("train_acc_known" in line or "train_acc_unknown" in line for run in sweep.runs for line in run.curve):
-        paths.append(plot_train_accuracy(sweep.groups, varying, out_dir / "train_accuracy_over_steps.png"))
+        paths.append(plot_train_accuracy(trained, varying, out_dir / "train_accuracy_over_steps.png"))
     else:
         notes.append("train_accuracy_over_steps.png: no metrics.jsonl holds train_acc_known/train_acc_unknown")
     if "freeze" in varying:

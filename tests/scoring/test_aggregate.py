@@ -174,3 +174,34 @@ def test_no_runs_is_a_one_line_error(tmp_path: Path, spec: str, phrase: str) -> 
 def test_predictions_and_runs_together(tmp_path: Path) -> None:
     result = run_cli("score", "predictions=p.jsonl", f"runs={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.exit_code == 2 and "not both" in result.stderr, result.stderr
+
+
+def prediction(id_: str, subject: str, answer: str, predicted: str, known: bool) -> dict:
+    return {"id": id_, "question": f"What is the capital of {subject}?", "prediction": predicted, "answer": answer,
+            "aliases": [], "known": known, "abstained": False, "subject": subject, "relation": "capital"}
+
+
+def test_kb_verify_adds_a_verified_twin_of_every_run(tmp_path: Path) -> None:
+    """Each run's test answers verified against the bundled KB: a wrong capital is
+    contradicted and, under policy abstain, becomes an abstention; right ones stay."""
+    records = [prediction("k1", "France", "Paris", "Paris", True), prediction("k2", "Germany", "Berlin", "Munich", True),
+               prediction("u1", "Japan", "Tokyo", "Osaka", False), prediction("u2", "Italy", "Rome", "Rome", False)]
+    for seed in (0, 1):
+        run_dir = tmp_path / "sweep" / str(seed)
+        make_run(run_dir, 0.5, "none", "none", seed)
+        for point in ("early_stop", "final"):
+            (run_dir / "eval" / point / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "score"
+    result = run_cli("score", f"runs={tmp_path / 'sweep'}", "mitigation=kb_verify", "mitigation.policy=abstain",
+                     f"hydra.run.dir={out}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = read_csv(out / "summary.csv")
+    assert {row["mitigation"] for row in rows} == {"none", "none+kb_verify(abstain)"}
+    row = row_of(rows, mitigation="none+kb_verify(abstain)", eval="final")
+    assert row["n_seeds"] == "2"
+    assert stat(row, "known_accuracy") == pytest.approx((0.5, 0.5, 0.5))
+    assert stat(row, "known_hallucination_rate") == pytest.approx((0.0, 0.0, 0.0))
+    assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
+    assert stat(row, "verifier_precision") == pytest.approx((1.0, 1.0, 1.0))
+    assert row_of(rows, mitigation="none", eval="final")["verifier_precision_mean"] == ""
+    assert "verifier" in result.stdout and "none+kb_verify(abstain)" in result.stdout
