@@ -65,9 +65,12 @@ def score(ctx: typer.Context) -> None:
 
 
 class _TaskState:
-    """Whether Hydra got as far as calling the command (else a failure was the config's)."""
+    """Whether Hydra got as far as calling the command (else a failure was the config's), and
+    the runs of a sweep in this process that failed (the sweep goes on without them)."""
 
     started = False
+    sweeping_here = False  # set by the process that launches Hydra; a submitit job's is not
+    failed_runs: list[str] = []
 
 
 @dataclass
@@ -93,8 +96,11 @@ class _GuardedTask:
         except UserError as error:
             if self.debug:
                 raise
-            err.print(f"error: {error}", highlight=False, markup=False)
-            sys.exit(error.exit_code)
+            run = _sweep_run_name()
+            err.print(f"error{f' in run {run}' if run else ''}: {error}", highlight=False, markup=False)
+            if run is None:
+                sys.exit(error.exit_code)
+            _TaskState.failed_runs.append(run)  # one bad setting does not cost the sweep's other runs
         except Preempted as stopped:
             exit_preempted(stopped)
 
@@ -122,7 +128,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
         # A process other than the main one of a multi-process run (torchrun) writes no
         # Hydra files: no .hydra/ config copies, no job log.
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
-    _TaskState.started = False
+    _TaskState.started, _TaskState.sweeping_here, _TaskState.failed_runs = False, True, []
     guarded = _GuardedTask(task, debug)
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)
     sys.argv = [f"halluc {name}", *args]
@@ -133,6 +139,26 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
         if exit_.code == 1 and not _TaskState.started:
             raise SystemExit(UserError.exit_code) from None
         raise
+    finally:
+        _TaskState.sweeping_here = False
+    if _TaskState.failed_runs:
+        failed = _TaskState.failed_runs
+        err.print(f"error: {len(failed)} run(s) of the sweep failed (see above): {'; '.join(failed)}",
+                  highlight=False, markup=False)
+        raise SystemExit(UserError.exit_code)
+
+
+def _sweep_run_name() -> str | None:
+    """"#3 (freeze=lora seed=1)" for a run of a multirun sweep launched in this process, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not _TaskState.sweeping_here or not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return f"#{hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task)})"
 
 
 def _require_values(cfg) -> None:

@@ -101,3 +101,13 @@ def test_pretraining_without_kb_split_is_a_clear_error(tmp_path: Path) -> None:
 def test_missing_ckpt_is_named() -> None:
     result = run_cli("finetune", *TINY)
     assert result.exit_code == 2 and "ckpt" in result.stderr
+
+
+def test_a_failing_run_of_a_sweep_does_not_stop_the_others(lstm_run: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("finetune", "-m", *TINY, f"ckpt={lstm_run}", "freeze=lora,none", "train.max_steps=2",
+                     "train.eval_every=2", "eval_after=false", f"hydra.sweep.dir={sweep}")
+    assert result.exit_code == 2
+    assert "error in run #0 (" in result.stderr and "freeze=lora needs model=transformer" in result.stderr
+    assert "1 run(s) of the sweep failed" in result.stderr.splitlines()[-1]
+    assert (sweep / "1" / "summary.json").is_file()  # freeze=none ran after the failed run

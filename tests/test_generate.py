@@ -68,18 +68,3 @@ def test_unknown_question_set_is_a_clear_error(finetuned: Path, tmp_path: Path) 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("generate", f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.exit_code == 2 and "neither a run dir" in result.stderr
-
-
-def test_the_demo_sweep_and_its_aggregation(transformer_run: Path, tmp_path: Path) -> None:
-    """What `make demo` runs, at test size: a finetune sweep through multirun, then score runs=."""
-    sweep = tmp_path / "finetune"
-    result = run_cli(
-        "finetune", "-m", *TINY, f"ckpt={transformer_run}", "data.unknown_fraction=0.0,1.0",
-        "train.max_steps=4", "train.eval_every=2", f"hydra.sweep.dir={sweep}",
-    )
-    assert result.exit_code == 0, result.stderr
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
-    result = run_cli("score", f"runs={sweep}", f"hydra.run.dir={tmp_path / 'score'}")
-    assert result.exit_code == 0, result.stderr
-    summary = (tmp_path / "score" / "summary.csv").read_text().splitlines()
-    assert len(summary) == 1 + 2 * 2  # header + 2 unknown fractions x (early_stop, final)
