@@ -17,14 +17,14 @@ install: $(BIN)/halluc
 install-test: install
 	$(BIN)/pip install --quiet -e '.[test]'
 
-# The main job: a small version of kbqa_unknown_sweep on the bundled KB (about 6 minutes on
+# The main job: a small version of kbqa_unknown_sweep on the bundled KB (about 5 minutes on
 # 2 CPU cores): pretrain once, fine-tune at 0%, 50% and 100% unknown facts with and without
 # data cleaning (one Hydra sweep; each run answers and scores its test sets), then gather the
 # sweep, verified against the KB too, into a table and plots. Run again, it resumes.
 demo: install
-	@echo "== [1/3] pretrain: a 4-layer Transformer reads the facts of half of the countries (~1 min)"
+	@echo "== [1/3] pretrain: a 4-layer Transformer reads the facts of half of the countries (~1.5 min)"
 	$(BIN)/halluc pretrain experiment=demo
-	@echo "== [2/3] fine-tune: 6 runs, unknown share 0 / 0.5 / 1 x cleaning off / on (~40 s each)"
+	@echo "== [2/3] fine-tune: 12 runs, unknown share 0 / 0.5 / 1 x cleaning off / on x 2 seeds (~10 s each)"
 	$(BIN)/halluc finetune -m experiment=demo
 	@echo "== [3/3] score: the sweep's table, before and after KB verification, and plots"
 	$(BIN)/halluc score runs=outputs/demo/finetune mitigation=kb_verify mitigation.policy=abstain \

@@ -27,7 +27,7 @@ def test_the_demo_end_to_end_at_test_size(tmp_path: Path) -> None:
                      *FEW_STEPS, f"hydra.sweep.dir={sweep}")
     assert result.exit_code == 0, result.stderr + result.stdout
     runs = sorted(str(path.parent.relative_to(sweep)) for path in sweep.glob("*/*/*/summary.json"))
-    assert runs == [f"none/unknown_{fraction}/seed_1" for fraction in ("0.0", "0.5", "1.0")]
+    assert runs == [f"none/unknown_{fraction}/seed_{seed}" for fraction in ("0.0", "0.5", "1.0") for seed in (1, 2)]
 
     result = run_cli("score", f"runs={sweep}", "mitigation=kb_verify", "mitigation.policy=abstain",
                      f"hydra.run.dir={score_dir}")
