@@ -320,7 +320,9 @@ def _print_sweep(sweep: aggregate.Sweep) -> None:
     mean [95% interval] over seeds."""
     varying = sweep.varying()
     fixed = aggregate.describe(sweep.groups[0].choices, [name for name in aggregate.CHOICES if name not in varying])
-    table = Table(title=f"{len(sweep.runs)} finetune runs in {len(sweep.groups)} groups, "
+    trained = len(sweep.runs) - sweep.verified_twins
+    twins = f" (+ {sweep.verified_twins} verified against the KB)" if sweep.verified_twins else ""
+    table = Table(title=f"{trained} finetune runs{twins} in {len(sweep.groups)} groups, "
                         "mean \\[95% interval] over seeds" + (f"; all runs: {escape(fixed)}" if fixed else ""))
     for name in varying:
         table.add_column(name.replace("_", " "), overflow="fold")  # fold: a narrow terminal hides nothing

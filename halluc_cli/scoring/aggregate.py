@@ -79,6 +79,7 @@ class Sweep:
     groups: list[Group]
     skipped: list[tuple[Path, str]]
     notes: list[str]  # e.g. a seed that appears twice in a group
+    verified_twins: int = 0  # of `runs`, the KB-verified copies of the others (with_verified_runs)
 
     def varying(self) -> list[str]:
         """The choices that take more than one value across the runs."""
@@ -132,7 +133,7 @@ def with_verified_runs(
             # the training curve is its twin's: drawn once
             verified.append(replace(run, choices={**run.choices, "mitigation": mitigation}, scores=scores, curve=[]))
     runs = sweep.runs + verified
-    return Sweep(runs, group_runs(runs), sweep.skipped, sweep.notes)
+    return Sweep(runs, group_runs(runs), sweep.skipped, sweep.notes, len(verified))
 
 
 # --- finding run dirs --------------------------------------------------------------------
