@@ -267,6 +267,9 @@ class Trainer:
             "last_val_loss": self.last_val_loss,
             "evals_since_best": self.evals_since_best,
             "losses_since_eval": self.losses_since_eval,
+            # fp16's loss scale: a resumed run that started from the initial scale again
+            # would skip steps on overflow until it found it
+            "grad_scaler": None if self.accelerator.scaler is None else self.accelerator.scaler.state_dict(),
         }
 
     def _save_best(self) -> None:
@@ -289,6 +292,8 @@ class Trainer:
         self.last_val_loss = float(state["last_val_loss"])
         self.evals_since_best = int(state["evals_since_best"])
         self.losses_since_eval = list(state["losses_since_eval"])
+        if self.accelerator.scaler is not None and state.get("grad_scaler"):
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:

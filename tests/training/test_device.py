@@ -15,6 +15,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.models import LanguageModel, load_model
 from halluc_cli.models.lstm import LSTMLanguageModel
 from halluc_cli.training.batches import TokenStream
+from halluc_cli.training.checkpoint import TRAINING_STATE_FILE
 from halluc_cli.training.device import PinnedBatches, build_accelerator, pin_batches, resolve_precision, use_gpu
 from halluc_cli.training.loop import Trainer
 
@@ -113,3 +114,20 @@ def test_compiled_pretrain_writes_clean_checkpoint_keys(tmp_path: Path, compiled
 def test_compile_is_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "compile", lambda *args, **kwargs: pytest.fail("compiled without device.compile"))
     pretrain(tmp_path / "run", "model=lstm", "train.max_steps=2", "train.eval_every=2")
+
+
+def test_the_fp16_loss_scale_survives_a_resume(tmp_path: Path) -> None:
+    """fp16 needs a GPU, so the gradient scaler accelerate would make is put in by hand."""
+
+    def trainer_with_scaler(scale: float) -> Trainer:
+        model = LSTMLanguageModel(vocab_size=50, embedding_dim=8, hidden_dim=8, num_layers=1)
+        accelerator = build_accelerator(DeviceConfig(name="cpu", precision="fp32"))
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale)
+        stream = TokenStream(np.arange(401) % 50, batch_size=2, seq_len=5, ordered=True)
+        return Trainer(model, None, TrainConfig(progress=False), accelerator, tmp_path, stream, stream)
+
+    saved = trainer_with_scaler(scale=2.0**10)._training_state(carry=None)
+    resumed = trainer_with_scaler(scale=2.0**16)
+    torch.save(saved, tmp_path / TRAINING_STATE_FILE)
+    resumed._restore(tmp_path)
+    assert resumed.accelerator.scaler.get_scale() == 2.0**10
