@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
-from halluc_cli.scoring.metrics import mean_interval
+from halluc_cli.scoring.metrics import is_number, mean_interval
 
 # What tells runs apart, in table order; runs equal in all of these are seeds of one group.
 CHOICES = ("model", "paraphrases", "freeze", "mitigation", "unknown_label", "unknown_fraction")
@@ -366,7 +366,7 @@ def group_runs(runs: Iterable[Run]) -> list[Group]:
 def sort_key(choices: Mapping[str, Any], names: Iterable[str] = CHOICES) -> tuple[Any, ...]:
     """Numbers in numeric order, before strings in text order ("none" first among strings)."""
     return tuple(
-        (0, choices[name], "") if _is_number(choices[name])
+        (0, choices[name], "") if is_number(choices[name])
         else (1, 0 if choices[name] == "none" else 1, str(choices[name]))
         for name in names
     )
@@ -379,7 +379,7 @@ def metric_value(scores: Mapping[str, Any], path: tuple[str, ...]) -> float | No
         if not isinstance(value, Mapping):
             return None
         value = value.get(key)
-    return float(value) if _is_number(value) else None
+    return float(value) if is_number(value) else None
 
 
 def group_stats(group: Group, point: str) -> dict[str, Any]:
@@ -391,7 +391,7 @@ def group_stats(group: Group, point: str) -> dict[str, Any]:
         values = [value for run in scored if (value := metric_value(run.scores[point], path)) is not None]
         stats[metric] = mean_interval(values) if values else None
     for cost in COSTS:
-        values = [float(run.summary[cost]) for run in group.runs if _is_number(run.summary.get(cost))]
+        values = [float(run.summary[cost]) for run in group.runs if is_number(run.summary.get(cost))]
         stats[cost] = mean_interval(values) if values else None
     return stats
 
@@ -456,7 +456,3 @@ def describe(choices: Mapping[str, Any], names: Iterable[str] = CHOICES) -> str:
     """"freeze=none, mitigation=clean, ..." for the named choices."""
     return ", ".join(f"{name}={choices[name]:g}" if isinstance(choices[name], float) else f"{name}={choices[name]}"
                      for name in names)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)

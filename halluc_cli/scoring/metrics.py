@@ -182,10 +182,11 @@ def aggregate_seeds(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
         values = [score[key] for score in scores if score.get(key) is not None]
         if values and all(isinstance(value, Mapping) for value in values):
             merged[key] = aggregate_seeds(values)
-        elif values and all(_is_number(value) for value in values):
+        elif values and all(is_number(value) for value in values):
             merged[key] = mean_interval([float(value) for value in values])
     return merged
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A number and not a bool (JSON true is no count)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -3,6 +3,8 @@
 - rates_vs_unknown_fraction.png: accuracy and hallucination rate on the test questions vs
   the share of unknown fine-tuning examples (Gekhman et al. 2024), a line per mitigation
   (and any other choice that varies), early-stopping point dashed, end of training solid.
+- rates_vs_paraphrases.png: the same vs the pretraining paraphrases per fact (Physics of
+  LMs 3.1), when those vary.
 - train_accuracy_over_steps.png: how fast the known and the unknown fine-tuning examples
   are fitted, a panel per unknown fraction.
 - freeze_strategies.png: accuracy, hallucination rate, trainable parameters and time per
@@ -24,7 +26,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from halluc_cli.scoring.aggregate import CHOICES, Group, Sweep, choice_key, describe, group_stats, sort_key
+from halluc_cli.scoring.aggregate import (
+    CHOICES,
+    Group,
+    Sweep,
+    choice_key,
+    describe,
+    group_stats,
+    sort_key,
+)
+from halluc_cli.scoring.metrics import is_number
 
 RATE_LABEL = "rate (share of questions)"
 POINT_STYLE = {"early_stop": "--", "final": "-"}
@@ -37,9 +48,10 @@ def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter in the log
     varying = sweep.varying()
     paths, notes = [], []
-    if "unknown_fraction" in varying:
-        paths.append(plot_rates_vs_unknown_fraction(sweep.groups, varying, out_dir / "rates_vs_unknown_fraction.png"))
-    else:
+    for x in _X_AXES:
+        if x in varying:
+            paths.append(plot_rates_vs(sweep.groups, varying, x, out_dir / f"rates_vs_{x}.png"))
+    if "unknown_fraction" not in varying:
         notes.append("rates_vs_unknown_fraction.png: every run has the same data.unknown_fraction")
     trained = [group for group in sweep.groups if any(run.curve for run in group.runs)]  # not verified twins
     if any("train_acc_known" in line or "train_acc_unknown" in line for run in sweep.runs for line in run.curve):
@@ -90,7 +102,7 @@ def _fixed(groups: list[Group], apart: str) -> str:
     return describe(groups[0].choices, fixed) if groups and fixed else ""
 
 
-# --- 1. rates vs unknown fraction --------------------------------------------------------
+# --- 1. rates vs unknown fraction (or pretraining paraphrases) --------------------------------------------------------
 
 _RATE_PANELS = (
     ("known_accuracy", "Accuracy on known test questions"),
@@ -99,18 +111,26 @@ _RATE_PANELS = (
 )
 
 
-def plot_rates_vs_unknown_fraction(groups: list[Group], varying: list[str], path: Path) -> Path:
-    """Test accuracy and hallucination vs unknown fraction, mean with 95% interval bars; a
-    line per setting of the other choices that was run at two fractions or more."""
-    # no setting run at two fractions: each group is a point of its own
-    families = _families(groups, "unknown_fraction", varying) or {
-        describe(group.choices, [name for name in varying if name != "unknown_fraction"]): [group]
-        for group in groups
+# The choices a rates plot can have on its x axis: (axis label, what the title says it is).
+_X_AXES = {
+    "unknown_fraction": ("unknown fraction of fine-tuning examples (share)", "share of unknown fine-tuning examples"),
+    "paraphrases": ("pretraining paraphrases per fact (count)", "pretraining paraphrases per fact"),
+}
+
+
+def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path) -> Path:
+    """Test accuracy and hallucination vs the choice `x` (a key of `_X_AXES`), mean with 95%
+    interval bars; a line per setting of the other choices that was run at two values or more."""
+    axis_label, x_name = _X_AXES[x]
+    groups = [group for group in groups if is_number(group.choices[x])]  # "?": an unknown count
+    # no setting run at two values: each group is a point of its own
+    families = _families(groups, x, varying) or {
+        describe(group.choices, [name for name in varying if name != x]): [group] for group in groups
     }
     figure = Figure(figsize=(5.2 * len(_RATE_PANELS), 4.8), layout="constrained")
     axes = figure.subplots(1, len(_RATE_PANELS), sharey=True)
-    fractions = sorted({group.choices["unknown_fraction"] for group in groups})
-    span = (max(fractions) - min(fractions)) or 1.0
+    values = sorted({group.choices[x] for group in groups})
+    span = (max(values) - min(values)) or 1.0
     colors = _colors(len(families))
     points = [point for point in POINT_STYLE if any(point in run.scores for g in groups for run in g.runs)]
     series = len(families) * len(points)
@@ -118,7 +138,7 @@ def plot_rates_vs_unknown_fraction(groups: list[Group], varying: list[str], path
         for point_index, point in enumerate(points):
             # shift each line a little sideways so that error bars at one fraction stay apart
             offset = (index * len(points) + point_index - (series - 1) / 2) * 0.01 * span
-            stats = [(group.choices["unknown_fraction"], group_stats(group, point)) for group in family]
+            stats = [(group.choices[x], group_stats(group, point)) for group in family]
             stats = [(x, s) for x, s in stats if s["n_seeds"]]
             if not stats:
                 continue
@@ -137,13 +157,13 @@ def plot_rates_vs_unknown_fraction(groups: list[Group], varying: list[str], path
                 for point in points]
     for ax, (_, title) in zip(axes, _RATE_PANELS):
         ax.set_title(title)
-        ax.set_xlabel("unknown fraction of fine-tuning examples (share)")
-        ax.set_xticks(fractions)
+        ax.set_xlabel(axis_label)
+        ax.set_xticks(values)
         ax.set_ylim(-0.03, 1.03)  # a 2-seed t-interval can reach past [0, 1]
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(RATE_LABEL)
-    fixed = _fixed([group for family in families.values() for group in family], "unknown_fraction")
-    figure.suptitle("Test accuracy and hallucination vs share of unknown fine-tuning examples"
+    fixed = _fixed([group for family in families.values() for group in family], x)
+    figure.suptitle(f"Test accuracy and hallucination vs {x_name}"
                     + (f"\n{fixed}" if fixed else "") + "\n(mean over seeds, bars: 95% interval)")
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
     return _save(figure, path)

@@ -24,13 +24,14 @@ def rates(accuracy: float, abstention: float, n: int = 10) -> dict:
             "hallucination_rate_answered": hallucination / (1 - abstention)}
 
 
-def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed: int, **freeze_keys) -> None:
+def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed: int, paraphrases: int = 2,
+             **freeze_keys) -> None:
     """A finished finetune run dir whose numbers follow from its choices:
     known accuracy 0.9 - 0.4 * fraction, +0.1 under clean, -0.2 under head_only, +0.05 at the
     early-stopping point, -0.1 for seed 1; unknown accuracy 0.1 (+0.1 for seed 1); clean
     abstains on half the unknown questions; 10 known and 10 unknown test questions."""
     config = {"ckpt": str(run_dir / "no-such-pretrain-run"), "seed": seed, "train": {"max_steps": 40},
-              "data": {"unknown_fraction": fraction, "unknown_label": "answer", "paraphrases": 2},
+              "data": {"unknown_fraction": fraction, "unknown_label": "answer", "paraphrases": paraphrases},
               "freeze": {"name": freeze, **freeze_keys}}
     if mitigation != "none":  # runs made before finetune had mitigation= have no such key
         config["mitigation"] = {"name": mitigation, "unknown_action": "drop"}
@@ -206,3 +207,15 @@ def test_kb_verify_adds_a_verified_twin_of_every_run(tmp_path: Path) -> None:
     assert row_of(rows, mitigation="none", eval="final")["verifier_precision_mean"] == ""
     assert "verifier" in result.stdout and "none+kb_verify(abstain)" in result.stdout
     assert "2 finetune runs (+ 2 verified against the KB) in 2 groups" in result.stdout
+
+
+def test_paraphrase_sweep_is_plotted_against_the_paraphrase_count(tmp_path: Path) -> None:
+    for paraphrases in (1, 4):
+        for seed in (0, 1):
+            make_run(tmp_path / "sweep" / f"p{paraphrases}_{seed}", 0.0, "none", "none", seed, paraphrases=paraphrases)
+    out = tmp_path / "score"
+    result = run_cli("score", f"runs={tmp_path / 'sweep'}", f"hydra.run.dir={out}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert (out / "rates_vs_paraphrases.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "rates_vs_unknown_fraction.png").exists()
+    assert "no plot rates_vs_unknown_fraction.png" in result.stdout
