@@ -71,3 +71,16 @@ def assert_same_weights(run_a: Path, run_b: Path) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert bool((a[name] == b[name]).all()), name
+
+
+def import_script(name: str):
+    """Import `scripts/<name>.py` as a module (scripts/ is not a package)."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

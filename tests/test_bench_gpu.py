@@ -1,27 +1,18 @@
 """scripts/bench_gpu.py: its FLOP counts by the textbook formulas, its peak table, and a tiny
 smoke run of the whole benchmark on the CPU (the GPU numbers need a GPU)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 from omegaconf import OmegaConf
 
 from halluc_cli.config import LSTMConfig, TransformerConfig
 from halluc_cli.models import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from cli_helpers import import_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    """Import scripts/bench_gpu.py (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "scripts" / "bench_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """scripts/bench_gpu.py as a module."""
+    return import_script("bench_gpu")
 
 
 def test_transformer_flops_are_6n_plus_attention(bench) -> None:

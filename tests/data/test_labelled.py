@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ from halluc_cli.data.kb import load_kb
 from halluc_cli.data.labelled import LABEL_RELATION, build_labelled_sets, check_label_words
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError
+from cli_helpers import import_script
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]], header: str = "text,label") -> str:
@@ -123,10 +123,7 @@ def test_label_words_a_word_vocabulary_lacks_are_named() -> None:
 
 def test_bundled_kb_statements_are_rebuilt_byte_for_byte_and_load() -> None:
     """scripts/build_kb_statements.py reproduces the shipped file, which data=labelled reads."""
-    root = Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("build_kb_statements", root / "scripts" / "build_kb_statements.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = import_script("build_kb_statements")
     shipped = Path(bundled_path("labelled/kb_statements.csv"))
     assert script.build(load_kb("geonames"), script.statement_templates()) == shipped.read_text(encoding="utf-8")
     sets = build_labelled_sets(LabelledConfig(train=str(shipped)))
