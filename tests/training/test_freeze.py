@@ -102,6 +102,15 @@ def _check_moved(model, before: dict[str, torch.Tensor], trainable: set[int]) ->
             assert torch.equal(p, before[name]), f"{name} should be frozen"
 
 
+def _check_trains_exactly(model, strategy: FreezeStrategy, tokenizer, expected: set[int]) -> None:
+    """The `expected` parameters (by id) and no others require grad, move in training, and
+    the rest stay bitwise as they were."""
+    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
+    before = _snapshot(model)
+    _train(model, strategy, tokenizer)
+    _check_moved(model, before, expected)
+
+
 CASES = [(s, m) for s in STRATEGIES for m in MODELS if not (s == "lora" and m.startswith("lstm"))]
 
 
@@ -134,10 +143,7 @@ def test_layers_selects_blocks(model_name: str, layers, blocks: list[int], token
     model = _model(model_name, tokenizer)
     strategy = apply_freeze(model, FreezeConfig(name="layers", trainable_layers=layers))
     expected = _ids(*(model.blocks()[i] for i in blocks))
-    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
-    before = _snapshot(model)
-    _train(model, strategy, tokenizer)
-    _check_moved(model, before, expected)
+    _check_trains_exactly(model, strategy, tokenizer, expected)
 
 
 @pytest.mark.parametrize(
@@ -150,10 +156,7 @@ def test_trainable_modules_narrows_to_named_parts(model_name: str, part: str, ch
     blocks = model.blocks()
     expected = {id(p) for i in (0, 2) for name, p in blocks[i].named_parameters() if name.startswith(part + ".")}
     assert expected and _ids(*(getattr(blocks[i], child) for i in (0, 2))) >= expected
-    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
-    before = _snapshot(model)
-    _train(model, strategy, tokenizer)
-    _check_moved(model, before, expected)
+    _check_trains_exactly(model, strategy, tokenizer, expected)
 
 
 def test_command_line_overrides_reach_the_strategy(tokenizer) -> None:
@@ -177,10 +180,7 @@ def test_extra_modules_add_the_head_and_more(model_name: str, tokenizer) -> None
     model = _model(model_name, tokenizer)
     strategy = apply_freeze(model, FreezeConfig(name="layers", trainable_layers=1, extra_modules=["head"]))
     expected = _ids(model.blocks()[2], model.output_head())
-    assert {id(p) for p in model.parameters() if p.requires_grad} == expected
-    before = _snapshot(model)
-    _train(model, strategy, tokenizer)
-    _check_moved(model, before, expected)
+    _check_trains_exactly(model, strategy, tokenizer, expected)
 
 
 @pytest.mark.parametrize(
