@@ -51,6 +51,10 @@ from halluc_cli.training.loop import Trainer
 EVAL_NAMES = {"best": "early_stop", "checkpoint": "final"}
 
 
+# prediction records -> (scores.json, headline numbers for the summary)
+Scorer = Callable[[list[dict[str, Any]]], tuple[dict[str, Any], dict[str, float]]]
+
+
 @dataclass(frozen=True)
 class FinetuneData:
     """What fine-tuning does with one kind of data, the schema of `cfg.data`."""
@@ -62,8 +66,8 @@ class FinetuneData:
     build: Callable[[DictConfig, Path, PreTrainedTokenizerBase], dict[str, list[QAExample]]]
     # the fine-tuning set -> the groups whose train accuracy each evaluation logs
     fit_groups: Callable[[list[QAExample]], dict[str, list[QAExample]]]
-    # (finetune cfg, prediction records) -> (scores.json, headline numbers for the summary)
-    score: Callable[[DictConfig, list[dict[str, Any]]], tuple[dict[str, Any], dict[str, float]]]
+    # finetune cfg -> the scorer of one set of weights' test answers (what it needs read once)
+    scorer: Callable[[DictConfig], Scorer]
 
 
 def _kbqa_sets(cfg: DictConfig, pretrain_dir: Path, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[QAExample]]:
@@ -78,14 +82,19 @@ def _known_groups(examples: list[QAExample]) -> dict[str, list[QAExample]]:
     }
 
 
-def _score_kbqa(cfg: DictConfig, records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
-    scores = score_predictions(records, load_kb(cfg.data.kb.path))
-    headline = {
-        f"{group}_{metric}": rates[metric]
-        for group, rates in scores["by_known"].items()
-        for metric in ("accuracy", "hallucination_rate")
-    }
-    return scores, headline
+def _kbqa_scorer(cfg: DictConfig) -> Scorer:
+    kb = load_kb(cfg.data.kb.path)  # once for both sets of weights
+
+    def score(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+        scores = score_predictions(records, kb)
+        headline = {
+            f"{group}_{metric}": rates[metric]
+            for group, rates in scores["by_known"].items()
+            for metric in ("accuracy", "hallucination_rate")
+        }
+        return scores, headline
+
+    return score
 
 
 def _labelled_sets(
@@ -96,17 +105,22 @@ def _labelled_sets(
     return sets
 
 
-def _score_labelled(cfg: DictConfig, records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+def _score_labelled(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
     scores = classification_metrics(records)  # the seed articles' error rate, no known/unknown split
     return scores, {metric: scores[metric] for metric in ("error_rate", "accuracy")}
 
 
 FINETUNE_DATA: dict[type, FinetuneData] = {
     KBQAConfig: FinetuneData(
-        QA_SETS, ("test_known", "test_unknown"), ("none", "clean"), _kbqa_sets, _known_groups, _score_kbqa
+        QA_SETS, ("test_known", "test_unknown"), ("none", "clean"), _kbqa_sets, _known_groups, _kbqa_scorer
     ),
     LabelledConfig: FinetuneData(
-        LABELLED_SETS, ("test",), ("none",), _labelled_sets, lambda examples: {"train_acc": examples}, _score_labelled
+        LABELLED_SETS,
+        ("test",),
+        ("none",),
+        _labelled_sets,
+        lambda examples: {"train_acc": examples},
+        lambda cfg: _score_labelled,
     ),
 }
 
@@ -206,6 +220,7 @@ def evaluate_tests(
     """
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in kind.tests for example in qa_sets[name]]
+    score = kind.scorer(cfg)
     headline: dict[str, float] = {}
     for weights in ("best", "checkpoint"):
         model_dir = complete_dir(run_dir / weights)
@@ -214,7 +229,7 @@ def evaluate_tests(
         model = load_model(model_dir).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
         records = answer_questions(decoder, examples, template, abstain_phrase)
-        scores, rates = kind.score(cfg, records)
+        scores, rates = score(records)
         out_dir = run_dir / "eval" / EVAL_NAMES[weights]
         write_predictions(out_dir / PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / "scores.json", scores)
