@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -44,6 +44,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write `data` as indented JSON to `path` atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write `records` to `path` atomically, one JSON object a line (UTF-8, not \\u escapes)."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:

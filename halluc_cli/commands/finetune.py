@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.commands.generate import PREDICTIONS_FILE, answer_questions, qa_format, write_predictions
+from halluc_cli.commands.generate import PREDICTIONS_FILE, answer_questions, qa_format
 from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, resolve_run, start_run
 from halluc_cli.config import KBQAConfig, LabelledConfig
 from halluc_cli.data.kbqa import (
@@ -35,7 +35,7 @@ from halluc_cli.data.labelled import LABELLED_SETS, build_labelled_sets, check_l
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_json, complete_dir
+from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
 from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import count_parameters, load_model
@@ -231,7 +231,7 @@ def evaluate_tests(
         records = answer_questions(decoder, examples, template, abstain_phrase)
         scores, rates = score(records)
         out_dir = run_dir / "eval" / EVAL_NAMES[weights]
-        write_predictions(out_dir / PREDICTIONS_FILE, records)
+        atomic_write_jsonl(out_dir / PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / "scores.json", scores)
         headline.update({f"{EVAL_NAMES[weights]}_{name}": value for name, value in rates.items()})
     return headline

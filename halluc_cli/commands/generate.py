@@ -5,7 +5,6 @@ validate -> load the model -> read questions or prompts -> batched decoding -> p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_text
+from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.models import load_model
 from halluc_cli.training.device import build_accelerator
 
@@ -47,7 +46,7 @@ def run(cfg: DictConfig) -> None:
         ]
     else:
         records = answer_questions(decoder, examples, prompt_template, abstain_phrase)
-    write_predictions(run_dir / PREDICTIONS_FILE, records)
+    atomic_write_jsonl(run_dir / PREDICTIONS_FILE, records)
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
 
 
@@ -118,11 +117,6 @@ def answer_questions(
     """Prediction records for QA examples, decoded in batches."""
     answers = decoder.generate([prompt_template.format(question=e.question) for e in examples])
     return [_prediction(e, outputs, abstain_phrase) for e, outputs in zip(examples, answers)]
-
-
-def write_predictions(path: Path, records: list[dict[str, Any]]) -> None:
-    """Prediction records as JSONL, atomically."""
-    atomic_write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ runs.csv, PNG plots and a table, mean and 95% interval over seeds.
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from halluc_cli.commands.common import console, start_run
 from halluc_cli.commands.generate import PREDICTIONS_FILE
 from halluc_cli.data.kb import load_kb
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_path, atomic_write_json, read_jsonl
+from halluc_cli.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import POLICIES, KBVerifier, verification_summary
@@ -63,7 +62,7 @@ def run(cfg: DictConfig) -> None:
         entry: dict[str, Any] = {"file": str(path), "metrics": metrics}
         if verified is not None:
             name = "predictions_verified.jsonl" if len(files) == 1 else f"predictions_verified_{index}.jsonl"
-            _write_jsonl(run_dir / name, verified)
+            atomic_write_jsonl(run_dir / name, verified)
             entry["verified_predictions"] = name
         per_file.append(entry)
     scores = {
@@ -248,12 +247,6 @@ def _with_subjects(records: list[dict[str, Any]], verifier: KBVerifier) -> list[
         found = None if record.get("relation") else verifier.locate(record)
         located.append({**record, "subject": found[0], "relation": found[1]} if found else record)
     return located
-
-
-def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def _interval_note(seeds: int) -> str:

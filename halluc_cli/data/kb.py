@@ -12,7 +12,6 @@ subject; the facts themselves keep their original spelling.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_text, read_jsonl
+from halluc_cli.io import atomic_write_jsonl, read_jsonl
 
 REQUIRED_FIELDS = ("subject", "relation", "object")
 SUFFIXES = (".jsonl", ".csv")
@@ -111,8 +110,7 @@ class KnowledgeBase:
 
     def save_jsonl(self, path: str | os.PathLike[str]) -> None:
         """Write the facts as JSONL atomically: readers never see a half-written file."""
-        lines = (json.dumps(fact.to_dict(), ensure_ascii=False) + "\n" for fact in self.facts)
-        atomic_write_text(Path(path), "".join(lines))
+        atomic_write_jsonl(Path(path), (fact.to_dict() for fact in self.facts))
 
 
 def _read_jsonl(path: Path) -> Iterator[Fact]:

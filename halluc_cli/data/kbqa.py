@@ -21,7 +21,7 @@ from typing import Any
 from halluc_cli.config import KBConfig, KBQAConfig
 from halluc_cli.data.kb import Fact, KnowledgeBase, load_kb
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_json, atomic_write_text, read_jsonl
+from halluc_cli.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 SPLIT_FILE = "kb_split.json"
 QA_SETS = ("finetune", "valid", "test_known", "test_unknown")
@@ -203,8 +203,7 @@ def load_split(pretrain_dir: Path) -> dict[str, list[str]]:
 def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:
     """Each set as `<name>.jsonl` in `directory`."""
     for name, examples in sets.items():
-        text = "".join(json.dumps(asdict(example), ensure_ascii=False) + "\n" for example in examples)
-        atomic_write_text(directory / f"{name}.jsonl", text)
+        atomic_write_jsonl(directory / f"{name}.jsonl", (asdict(example) for example in examples))
 
 
 def read_qa_file(path: Path) -> list[QAExample]:

@@ -59,7 +59,7 @@ from halluc_cli.data.kbqa import QAExample, read_qa_file
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_json, atomic_write_text
+from halluc_cli.io import atomic_write_json, atomic_write_jsonl
 from halluc_cli.models import LanguageModel
 from halluc_cli.scoring.metrics import is_correct
 
@@ -589,7 +589,7 @@ def write_cleaned(
     run_dir: Path, kept: Sequence[QAExample], knowledge: Sequence[Knowledge | None], report: dict[str, Any]
 ) -> None:
     """`qa/finetune_clean.jsonl` (QA fields + SliCK fields) and `cleaning_report.json`."""
-    lines = []
+    records = []
     for example, verdict in zip(kept, knowledge):
         record = asdict(example)
         record.update(
@@ -597,11 +597,11 @@ def write_cleaned(
             p_correct_greedy=verdict.p_correct_greedy if verdict else None,
             p_correct_sample=verdict.p_correct_sample if verdict else None,
         )
-        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+        records.append(record)
     atomic_write_json(run_dir / REPORT_FILE, report)
     # The set last, and only a set to train on: its presence means the cleaning finished.
-    if lines:
-        atomic_write_text(run_dir / "qa" / CLEAN_FILE, "".join(lines))
+    if records:
+        atomic_write_jsonl(run_dir / "qa" / CLEAN_FILE, records)
 
 
 def _read_back(run_dir: Path) -> tuple[list[QAExample], dict[str, Any]] | None:

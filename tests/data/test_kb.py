@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from halluc_cli.data import kb as kb_module
+from halluc_cli import io as io_module
 from halluc_cli.data.kb import Fact, KnowledgeBase, bundled_kb_path, load_kb
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
@@ -223,7 +223,7 @@ def test_save_jsonl_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
             raise OSError("disk full")
         return json.dumps(obj, **kwargs)
 
-    monkeypatch.setattr(kb_module.json, "dumps", failing_dumps)
+    monkeypatch.setattr(io_module.json, "dumps", failing_dumps)  # the JSONL writer KB saving goes through
     with pytest.raises(OSError, match="disk full"):
         KnowledgeBase(FACTS).save_jsonl(path)
     assert path.read_text(encoding="utf-8") == GOOD  # the old file is untouched
