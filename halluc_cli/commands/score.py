@@ -50,10 +50,7 @@ def run(cfg: DictConfig) -> None:
         _gather_runs(cfg)
         return
     files = _read_inputs(cfg)
-    verifier = None
-    if cfg.task != "classification":
-        relations = OmegaConf.to_container(cfg.kb.relations)
-        verifier = KBVerifier(load_kb(cfg.kb.path), relations, cfg.abstain_phrase)
+    verifier = None if cfg.task == "classification" else _kb_verifier(cfg)
 
     run_dir = start_run(cfg)
     per_file = []
@@ -284,10 +281,14 @@ def _gather_runs(cfg: DictConfig) -> None:
         console.print(f"no plot {note}", highlight=False)
 
 
+def _kb_verifier(cfg: DictConfig) -> KBVerifier:
+    """The verifier of `kb=`: its facts and the templates that locate a question's fact."""
+    return KBVerifier(load_kb(cfg.kb.path), OmegaConf.to_container(cfg.kb.relations), cfg.abstain_phrase)
+
+
 def _eval_point_verifier(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
     """Scores of a finetune run's eval/<point>/ test answers after KB verification."""
-    relations = OmegaConf.to_container(cfg.kb.relations)
-    verifier = KBVerifier(load_kb(cfg.kb.path), relations, cfg.abstain_phrase)
+    verifier = _kb_verifier(cfg)
 
     def verify(point_dir: Path) -> dict[str, Any]:
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
