@@ -8,6 +8,7 @@ full key, instead of being silently ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -94,6 +95,19 @@ class KBConfig:
     name: str = "geonames"
     path: str = "geonames"  # a bundled KB name, or a .jsonl / .csv file of facts
     relations: dict[str, RelationTemplates] = field(default_factory=dict)
+    # Neutral sentences that name an entity ({name}) and state none of its facts: how the
+    # pretraining corpus makes a name familiar without teaching what is true of it.
+    mentions: list[str] = field(default_factory=list)
+
+
+class UnknownNames(Enum):
+    """What pretraining shows of the unknown subjects (`data.unknown_names`)."""
+
+    # Every subject and object is named in kb.mentions sentences, the known facts are stated
+    # too: an unknown fact is about a familiar entity, Gekhman et al.'s case.
+    mentioned = "mentioned"
+    # Only the known facts' names appear: an unknown subject is a name the model never read.
+    unseen = "unseen"
 
 
 @dataclass
@@ -107,6 +121,12 @@ class KBQAConfig:
     known_fraction: float = 0.5  # share of subjects whose facts the pretraining corpus states
     split_seed: int = 0
     paraphrases: int = 4  # statement templates per known fact (1: one phrasing)
+    # The last N statement templates of each relation never appear in the training split:
+    # valid/test state the known facts in them, so their perplexity tells a stored fact from
+    # a memorized sentence. 0: valid/test are the training statements themselves.
+    heldout_templates: int = 1
+    unknown_names: UnknownNames = UnknownNames.mentioned
+    mentions: int = 2  # kb.mentions sentences per name (0: none)
     # A new order of statements every epoch: in one fixed order a model learns each fact
     # from the statements before it, and cannot recall it from its subject alone.
     shuffle_lines: bool = True

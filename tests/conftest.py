@@ -51,7 +51,7 @@ def knowing_run(tmp_path_factory: pytest.TempPathFactory) -> KnowingRun:
     import torch
     from omegaconf import OmegaConf
 
-    from halluc_cli.config import KBConfig, KBQAConfig, LSTMConfig, RelationTemplates, TokenizerConfig
+    from halluc_cli.config import KBConfig, KBQAConfig, LSTMConfig, RelationTemplates, TokenizerConfig, UnknownNames
     from halluc_cli.data.kbqa import render_corpus, save_split
     from halluc_cli.data.tokenizer import train_tokenizer
     from halluc_cli.models import build_model
@@ -70,11 +70,12 @@ def knowing_run(tmp_path_factory: pytest.TempPathFactory) -> KnowingRun:
     data = OmegaConf.structured(
         KBQAConfig(
             kb=KBConfig(path=str(kb_path), relations={"capital": RelationTemplates(KNOWING_STATEMENTS, questions)}),
-            relations=["capital"], paraphrases=2, finetune_size=4, valid_size=2, test_size=1,
+            relations=["capital"], paraphrases=2, heldout_templates=0, unknown_names=UnknownNames.unseen,
+            mentions=0, finetune_size=4, valid_size=2, test_size=1,
         )
     )
-    splits, vocabulary, split = render_corpus(data, [])
-    tokenizer = train_tokenizer(splits["train"] + vocabulary, TokenizerConfig(kind="word", split_punctuation=True))
+    splits, required, split = render_corpus(data, [])
+    tokenizer = train_tokenizer(splits["train"], TokenizerConfig(kind="word", split_punctuation=True), required)
     torch.manual_seed(0)
     model = build_model(OmegaConf.structured(LSTMConfig(hidden_dim=32, num_layers=1)), tokenizer)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -97,6 +98,7 @@ def knowing_run(tmp_path_factory: pytest.TempPathFactory) -> KnowingRun:
     statements = ",".join(f'"{template}"' for template in KNOWING_STATEMENTS)
     overrides = [
         f"data.kb.path={kb_path}", "data.relations=[capital]", "data.max_subjects=null", "data.paraphrases=2",
+        "data.heldout_templates=0", "data.unknown_names=unseen", "data.mentions=0",
         f"data.kb.relations.capital.statements=[{statements}]", "data.finetune_size=4", "data.valid_size=2",
         "data.test_size=1",
     ]

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, start_run
 from halluc_cli.data.corpus import load_corpus, load_token_arrays, tokenize_corpus
 from halluc_cli.data.kbqa import save_split
-from halluc_cli.data.tokenizer import load_tokenizer, train_tokenizer
+from halluc_cli.data.tokenizer import check_coverage, load_tokenizer, train_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
@@ -53,8 +53,13 @@ def run(cfg: DictConfig) -> None:
 
     test_data = _stream(tokens["test"], train_cfg, True, cfg.seed, "test")
     test_loss = trainer.mean_loss(test_data)
+    # The training text's own perplexity (what was memorized), beside the held-out ones.
+    train_text = _stream(tokens["train"], train_cfg, True, cfg.seed, "train")
+    train_loss = trainer.mean_loss(train_text, train_cfg.eval_batches)
     summary = {
         "steps": result.steps,
+        "train_loss": train_loss,
+        "train_ppl": math.exp(min(train_loss, 50.0)),
         "val_loss": result.val_loss,
         "val_ppl": math.exp(min(result.val_loss, 50.0)),
         "test_loss": test_loss,
@@ -72,16 +77,22 @@ def _prepare_data(cfg: DictConfig, tokens_dir: Path) -> None:
     corpus = load_corpus(cfg.data)
     if corpus.kb_split is not None:
         save_split(tokens_dir.parent, corpus.kb_split)
-    tokenizer = _new_tokenizer(cfg.model, corpus.splits["train"] + corpus.tokenizer_lines)
+    tokenizer = _new_tokenizer(cfg.model, corpus.splits["train"], corpus.required_lines)
+    check_coverage(
+        tokenizer, corpus.required_lines,
+        "pretrain with model.tokenizer.kind=bpe, or with a tokenizer whose vocabulary has these words",
+    )
     tokenize_corpus(corpus.splits, tokenizer, tokens_dir)
     tokenizer.save_pretrained(tokens_dir)
 
 
-def _new_tokenizer(model_cfg: DictConfig, tokenizer_lines: list[str]) -> PreTrainedTokenizerBase:
+def _new_tokenizer(
+    model_cfg: DictConfig, train_lines: list[str], required_lines: list[str]
+) -> PreTrainedTokenizerBase:
     """A pretrained model's tokenizer, or a fresh one learned on the corpus."""
     if model_cfg.get("pretrained"):
         return load_tokenizer(model_cfg.pretrained)
-    return train_tokenizer(tokenizer_lines, model_cfg.tokenizer)
+    return train_tokenizer(train_lines, model_cfg.tokenizer, required_lines)
 
 
 def _new_model(model_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:

@@ -31,8 +31,9 @@ class Corpus:
     """Text lines per split, plus what a knowledge-controlled corpus adds."""
 
     splits: dict[str, list[str]]
-    # Lines the tokenizer learns from besides the training text (see kbqa.render_corpus).
-    tokenizer_lines: list[str] = field(default_factory=list)
+    # Lines whose every word the tokenizer must cover besides the training text (a KB's
+    # names and templates, see kbqa.render_corpus).
+    required_lines: list[str] = field(default_factory=list)
     # data=kbqa: which subjects the corpus states (known) and which it never mentions.
     kb_split: dict[str, list[str]] | None = None
 
@@ -41,8 +42,8 @@ def load_corpus(cfg: CorpusConfig | KBQAConfig) -> Corpus:
     """The corpus `cfg` describes: text files, a hub dataset, or facts rendered from a KB."""
     if OmegaConf.get_type(cfg) is KBQAConfig:
         general = _load_files(CorpusConfig(train=list(cfg.general_text)))["train"] if cfg.general_text else []
-        splits, tokenizer_lines, kb_split = render_corpus(cfg, general)
-        return Corpus(splits, tokenizer_lines, kb_split)
+        splits, required_lines, kb_split = render_corpus(cfg, general)
+        return Corpus(splits, required_lines, kb_split)
     return Corpus(load_text(cfg))
 
 

@@ -3,7 +3,8 @@
 1. `split_subjects`: the KB's subjects are split, by seed, into known and unknown.
 2. `render_corpus`: the pretraining corpus states only the known subjects' facts, each in
    `paraphrases` templates (1 = one phrasing, hard to extract; more = the augmentation of
-   Physics of LMs 3.1), shuffled, optionally mixed with general text.
+   Physics of LMs 3.1), names the unknown subjects without their facts (or not at all:
+   `unknown_names`), shuffled, optionally mixed with general text.
 3. `build_qa_sets`: questions from templates. A fine-tuning set whose unknown share is
    exactly `unknown_fraction` (Gekhman et al. 2024), a validation set of the same mix,
    and test sets of held-out known and of unknown facts. `unknown_label: idk` relabels
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from halluc_cli.config import KBConfig, KBQAConfig
+from halluc_cli.config import KBQAConfig, UnknownNames
 from halluc_cli.data.kb import Fact, KnowledgeBase, load_kb
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -72,37 +73,75 @@ def split_subjects(kb: KnowledgeBase, cfg: KBQAConfig) -> dict[str, list[str]]:
 def render_corpus(cfg: KBQAConfig, general_lines: list[str]) -> tuple[dict[str, list[str]], list[str], dict[str, Any]]:
     """The pretraining corpus of known facts.
 
-    Returns the splits (valid and test are the training statements themselves: the corpus
-    exists to be memorized, so its loss measures how much of it is; cap the cost of each
-    evaluation with train.eval_batches), extra lines for the tokenizer (every name and question word,
-    never paired with its fact, so a word vocabulary covers the unknown facts' answers
-    without teaching them), and the subject split to save with the run.
+    Returns the splits, the lines whose every word the tokenizer must cover (every name and
+    sentence of the experiment, however rare in the corpus: an unknown fact must be
+    learnable in fine-tuning, so its subject cannot read as `<unk>`), and the subject split
+    to save with the run.
+
+    train: each known fact in `paraphrases` of its relation's templates (the last
+    `heldout_templates` excluded), the `kb.mentions` sentences that name entities without
+    their facts, and general text. valid and test: the known facts in the held-out templates,
+    half each, so their perplexity measures stored facts in a phrasing never read (with no
+    held-out template, the training statements themselves).
     """
     kb = load_facts(cfg)
     split = split_subjects(kb, cfg)
     known = set(split["known"])
     rng = random.Random(cfg.split_seed + 1)
-    lines = []
+    train, heldout = [], []
     for fact in kb.facts:
         if fact.subject in known:
-            lines.extend(_statements(fact, cfg.kb, cfg.paraphrases, rng))
-    lines.extend(_mix_in(general_lines, len(lines), cfg.general_ratio, rng))
-    rng.shuffle(lines)
-    if not lines:
+            read, held_out = _templates(fact.relation, cfg)
+            train.extend(_fill(template, fact) for template in rng.sample(read, cfg.paraphrases))
+            heldout.extend(_fill(template, fact) for template in held_out)
+    train.extend(_mentions(kb, known, cfg))
+    train.extend(_mix_in(general_lines, len(train), cfg.general_ratio, rng))
+    rng.shuffle(train)
+    if not train:
         raise UserError("the knowledge-controlled corpus is empty; raise data.known_fraction or data.max_subjects")
-    splits = {"train": lines, "valid": lines, "test": lines}
+    if heldout:
+        rng.shuffle(heldout)
+        valid, test = heldout[::2], heldout[1::2] or heldout
+    else:
+        valid = test = train
+    splits = {"train": train, "valid": valid, "test": test}
     return splits, _vocabulary_lines(kb, cfg), split
 
 
-def _statements(fact: Fact, kb_cfg: KBConfig, paraphrases: int, rng: random.Random) -> list[str]:
-    templates = list(kb_cfg.relations[fact.relation].statements)
-    if paraphrases > len(templates):
+def _templates(relation: str, cfg: KBQAConfig) -> tuple[list[str], list[str]]:
+    """A relation's statement templates: those the training split may use, and those held out."""
+    templates = list(cfg.kb.relations[relation].statements)
+    held = cfg.heldout_templates
+    if cfg.paraphrases + held > len(templates):
         raise UserError(
-            f"data.paraphrases={paraphrases} but relation {fact.relation!r} has {len(templates)} statement "
-            "templates; lower data.paraphrases or add templates under kb.relations"
+            f"data.paraphrases={cfg.paraphrases} plus data.heldout_templates={held} need "
+            f"{cfg.paraphrases + held} statement templates, but relation {relation!r} has {len(templates)}; "
+            "lower one of them or add templates under kb.relations"
         )
-    chosen = rng.sample(templates, paraphrases)
-    return [template.format(subject=fact.subject, object=fact.object) for template in chosen]
+    return templates[: len(templates) - held], templates[len(templates) - held :]
+
+
+def _fill(template: str, fact: Fact) -> str:
+    return template.format(subject=fact.subject, object=fact.object)
+
+
+def _mentions(kb: KnowledgeBase, known: set[str], cfg: KBQAConfig) -> list[str]:
+    """`cfg.mentions` neutral sentences for each name the corpus covers: the subjects and
+    objects of every fact when unknown names are `mentioned`, of the known facts only when
+    `unseen` (the known side of the corpus is then the same in both)."""
+    templates = list(cfg.kb.mentions)
+    if cfg.unknown_names is UnknownNames.mentioned and cfg.mentions < 1:
+        raise UserError("data.unknown_names=mentioned needs data.mentions >= 1, or set data.unknown_names=unseen")
+    if cfg.mentions > len(templates):
+        raise UserError(
+            f"data.mentions={cfg.mentions} but kb={cfg.kb.name} has {len(templates)} mention templates; "
+            "lower data.mentions or add sentences with {name} under kb.mentions"
+        )
+    covered = [f for f in kb.facts if cfg.unknown_names is UnknownNames.mentioned or f.subject in known]
+    names = sorted({f.subject for f in covered} | {f.object for f in covered})
+    # Each name draws its sentences from its own seed, so a known name reads the same either way.
+    choose = lambda name: random.Random(f"{cfg.split_seed}:{name}").sample(templates, cfg.mentions)  # noqa: E731
+    return [template.format(name=name) for name in names for template in choose(name)]
 
 
 def _mix_in(general_lines: list[str], fact_lines: int, ratio: float, rng: random.Random) -> list[str]:
@@ -117,10 +156,18 @@ def _mix_in(general_lines: list[str], fact_lines: int, ratio: float, rng: random
 
 
 def _vocabulary_lines(kb: KnowledgeBase, cfg: KBQAConfig) -> list[str]:
+    """Every text the experiment can show the model, known fact or not: each name alone (an
+    answer is encoded apart from its prompt), each fact in every statement template and every
+    question (in the prompt), each name in every mention, and the abstain phrase. Whole texts
+    rather than words, so a vocabulary covers a name with the punctuation around it."""
     names = sorted({fact.subject for fact in kb.facts} | {form for fact in kb.facts for form in fact.surface_forms})
-    words = [template for relation in cfg.kb.relations.values() for template in relation.questions]
-    words += [cfg.prompt_template, cfg.abstain_phrase]
-    return names + words
+    lines = list(names)
+    for fact in kb.facts:
+        templates = cfg.kb.relations[fact.relation]
+        lines += [_fill(template, fact) for template in templates.statements]
+        lines += [format_prompt(cfg, question.format(subject=fact.subject)) for question in templates.questions]
+    lines += [template.format(name=name) for name in names for template in cfg.kb.mentions]
+    return [*lines, cfg.abstain_phrase]
 
 
 def build_qa_sets(cfg: KBQAConfig, split: dict[str, list[str]], seed: int) -> dict[str, list[QAExample]]:

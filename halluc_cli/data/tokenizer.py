@@ -7,7 +7,7 @@ with `AutoTokenizer.from_pretrained(checkpoint_dir)` like any Hugging Face one.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -20,13 +20,22 @@ UNK, EOS, PAD = "<unk>", "<eos>", "<pad>"
 SPECIAL_TOKENS = [UNK, EOS, PAD]
 
 
-def train_tokenizer(lines: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTokenizerFast:
-    """Learn a word-level or byte-level BPE vocabulary from `lines`."""
+def train_tokenizer(
+    lines: Iterable[str], cfg: TokenizerConfig, required: Sequence[str] = ()
+) -> PreTrainedTokenizerFast:
+    """Learn a word-level or byte-level BPE vocabulary from `lines`, covering `required`.
+
+    A word vocabulary keeps the corpus words by frequency (`min_frequency`, `vocab_size`),
+    then gains every word of `required` it lacks (a name the corpus never states still gets
+    its own entry rather than `<unk>`); byte-level BPE spells any text from its pieces.
+    """
     builders = {"word": _word_level, "bpe": _byte_level_bpe}
     if cfg.kind not in builders:
         raise UserError(f"unknown tokenizer kind {cfg.kind!r}; set model.tokenizer.kind to one of {sorted(builders)}")
     tokenizer, trainer = builders[cfg.kind](cfg)
     tokenizer.train_from_iterator(lines, trainer=trainer)
+    if cfg.kind == "word":
+        _add_missing_words(tokenizer, required)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token=UNK, eos_token=EOS, pad_token=PAD, bos_token=EOS
     )
@@ -55,6 +64,28 @@ def _byte_level_bpe(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     return tokenizer, trainer
+
+
+def _add_missing_words(tokenizer: Tokenizer, lines: Sequence[str]) -> None:
+    """Give every word of `lines` an entry in a word-level vocabulary, after the learned ones."""
+    vocab = tokenizer.get_vocab()
+    words = {word for line in lines for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(line)}
+    missing = sorted(words - vocab.keys())
+    if missing:
+        vocab.update({word: len(vocab) + index for index, word in enumerate(missing)})
+        tokenizer.model = models.WordLevel(vocab, unk_token=UNK)
+
+
+def check_coverage(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str], fix: str) -> None:
+    """Fail, naming a few of them, where lines encode to the unknown token."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not lines:
+        return
+    encoded = tokenizer(list(lines), add_special_tokens=False)["input_ids"]
+    uncovered = [line for line, ids in zip(lines, encoded) if unk in ids]
+    if uncovered:
+        shown = ", ".join(repr(line) for line in uncovered[:3])
+        raise UserError(f"the tokenizer reads {len(uncovered)} of the KB's names and templates as {UNK} ({shown}); {fix}")
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
