@@ -107,6 +107,10 @@ def test_mentioned_needs_mentions() -> None:
         render_corpus(_cfg("data.mentions=0"), [])
     with pytest.raises(UserError, match="data.mentions=9 but kb=geonames has 4 mention templates"):
         render_corpus(_cfg("data.mentions=9"), [])
+    with pytest.raises(UserError, match="data.mentions must be 0 or more"):
+        render_corpus(_cfg("data.unknown_names=unseen", "data.mentions=-1"), [])
+    with pytest.raises(UserError, match="data.heldout_templates must be 0 or more"):
+        render_corpus(_cfg("data.heldout_templates=-1"), [])
     with pytest.raises(Exception, match="unknown_names"):  # not an UnknownNames value: refused at composition
         _cfg("data.unknown_names=forgotten")
 
