@@ -7,9 +7,12 @@ overrides, `-m` sweeps, `--cfg job`, `--help` and launchers all behave as Hydra 
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -71,6 +74,33 @@ class _TaskState:
     started = False
     sweeping_here = False  # set by the process that launches Hydra; a submitit job's is not
     failed_runs: list[str] = []
+    command_start = 0.0  # time.time() when the command began: the run dirs Hydra made are newer
+    hydra_messages: _HeldStderr | None = None  # what Hydra writes while it composes the config
+
+
+class _HeldStderr:
+    """Holds back stderr while Hydra composes the config: a config it cannot compose is
+    reported in several lines (message, full_key, object_type, a hint), which `run_hydra_app`
+    turns into one. Once a command starts, stderr is the terminal's again."""
+
+    def __init__(self) -> None:
+        self.real, self.buffer = sys.stderr, io.StringIO()
+        sys.stderr = self.buffer
+
+    def release(self) -> str:
+        """Give stderr back; what was held since the last release, as written."""
+        if sys.stderr is self.buffer:
+            sys.stderr = self.real
+        held = self.buffer.getvalue()
+        self.buffer.seek(0)
+        self.buffer.truncate()
+        return held
+
+    def one_line(self) -> str:
+        """Hydra's report as one line, without its hint about HYDRA_FULL_ERROR (--debug says it)."""
+        lines = [line.strip() for line in self.release().splitlines()]
+        kept = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
+        return "; ".join(kept)
 
 
 @dataclass
@@ -89,11 +119,19 @@ class _GuardedTask:
     def __call__(self, cfg) -> None:
         from halluc_cli.training.preemption import Preempted, exit_preempted
 
+        from halluc_cli import rundir
+        from halluc_cli.config import check_settings
+
         _TaskState.started = True
+        if _TaskState.hydra_messages is not None:
+            sys.stderr.write(_TaskState.hydra_messages.release())  # warnings, not errors: pass them on
         try:
             _require_values(cfg)
+            check_settings(cfg)
             self.task(cfg)
         except UserError as error:
+            if not error.keep_run_dir:
+                rundir.discard_failed_start(_run_dir(), _TaskState.command_start)
             if self.debug:
                 raise
             run = _sweep_run_name()
@@ -103,6 +141,14 @@ class _GuardedTask:
             _TaskState.failed_runs.append(run)  # one bad setting does not cost the sweep's other runs
         except Preempted as stopped:
             exit_preempted(stopped)
+        finally:
+            rundir.release()
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir)
 
 
 def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
@@ -129,23 +175,41 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
         # Hydra files: no .hydra/ config copies, no job log.
         args = [*args, "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     _TaskState.started, _TaskState.sweeping_here, _TaskState.failed_runs = False, True, []
+    _TaskState.command_start = time.time() - 1  # a file system's timestamps may be coarser
     guarded = _GuardedTask(task, debug)
     main = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=name)(guarded)
     sys.argv = [f"halluc {name}", *args]
+    held = _TaskState.hydra_messages = None if debug else _HeldStderr()
     try:
         main()
     except SystemExit as exit_:
         # Hydra reports a config it cannot compose and exits with 1 before the task starts.
         if exit_.code == 1 and not _TaskState.started:
-            raise SystemExit(UserError.exit_code) from None
+            _fail_before_start(held.one_line() if held else "")
         raise
+    except Exception as error:  # Hydra's own rules on its arguments (-m with --cfg)
+        if _TaskState.started or debug:
+            raise
+        if held is not None:
+            held.release()
+        _fail_before_start(str(error))
     finally:
         _TaskState.sweeping_here = False
+        if held is not None:
+            sys.stderr.write(held.release())  # a sweep's launcher output, after the runs
+            _TaskState.hydra_messages = None
     if _TaskState.failed_runs:
         failed = _TaskState.failed_runs
         err.print(f"error: {len(failed)} run(s) of the sweep failed (see above): {'; '.join(failed)}",
                   highlight=False, markup=False)
         raise SystemExit(UserError.exit_code)
+
+
+def _fail_before_start(message: str) -> None:
+    """End a command whose config could not be composed: one line, exit 2."""
+    err.print(f"error: {message or 'the config could not be composed'} (--debug shows the traceback)",
+              highlight=False, markup=False)
+    raise SystemExit(UserError.exit_code) from None
 
 
 def _sweep_run_name() -> str | None:

@@ -7,22 +7,106 @@ full key, instead of being silently ignored.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from halluc_cli.errors import UserError
+
+
+class Choice(str, Enum):
+    """A setting with a fixed set of values: OmegaConf refuses any other when the config is
+    composed, naming the key and the values allowed. A `str` so that it compares, hashes,
+    prints and serializes as its value (`cfg.train.schedule == "cosine"`)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number setting must lie in; `check_settings` enforces it."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False  # low itself is not allowed
+    high_open: bool = False  # high itself is not allowed
+
+    def admits(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            return f"{'above' if self.low_open else 'at least'} {_number(self.low)}"
+        if self.low == -math.inf:
+            return f"{'below' if self.high_open else 'at most'} {_number(self.high)}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def bounded(default: Any, low: float = -math.inf, high: float = math.inf, *, low_open: bool = False,
+            high_open: bool = False) -> Any:
+    """A dataclass field whose value must lie in the range; None (an optional setting) is allowed."""
+    return field(default=default, metadata={"bounds": Bounds(low, high, low_open, high_open)})
+
+
+def positive(default: Any) -> Any:
+    """A count or size of at least 1."""
+    return bounded(default, 1)
+
+
+def fraction(default: float, *, high_open: bool = False) -> Any:
+    """A share in [0, 1]."""
+    return bounded(default, 0.0, 1.0, high_open=high_open)
+
+
+def check_settings(cfg: DictConfig, prefix: str = "") -> None:
+    """Refuse a number outside its schema's range, naming the key, the value and the range.
+
+    OmegaConf checks types and `Choice` values when it composes the config; ranges are
+    declared on the schema fields (`bounded`, `positive`, `fraction`) and checked here, before
+    a command writes anything.
+    """
+    schema = OmegaConf.get_type(cfg)
+    bounds = {f.name: f.metadata["bounds"] for f in dataclasses.fields(schema) if "bounds" in f.metadata} \
+        if dataclasses.is_dataclass(schema) else {}
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            continue
+        value = cfg[key]
+        if isinstance(value, DictConfig):
+            check_settings(value, f"{prefix}{key}.")
+        elif key in bounds and value is not None and not bounds[key].admits(value):
+            raise UserError(f"{prefix}{key}={value} is out of range: it must be {bounds[key].describe()}")
+
+
+class TokenizerKind(Choice):
+    word = "word"  # whitespace words like the classic word LM
+    bpe = "bpe"  # byte-level BPE
 
 
 @dataclass
 class TokenizerConfig:
     """How the vocabulary is learned from the training split (`tokenizers` library)."""
 
-    kind: str = "word"  # word: whitespace words like the classic word LM | bpe: byte-level BPE
-    vocab_size: int = 50_000  # upper bound; a word vocabulary keeps every word seen min_frequency times
-    min_frequency: int = 1
+    kind: TokenizerKind = TokenizerKind.word
+    vocab_size: int = positive(50_000)  # upper bound; a word vocabulary keeps every word seen min_frequency times
+    min_frequency: int = positive(1)
     # word only: split punctuation off words ("Paris." -> "Paris", "."); off for text that is
     # already tokenized, like WikiText, whose vocabulary the classic word LM reproduces
     split_punctuation: bool = False
@@ -38,7 +122,7 @@ class ModelConfig:
     name: str = MISSING
     hidden_dim: int = MISSING
     num_layers: int = MISSING
-    dropout: float = 0.0
+    dropout: float = fraction(0.0, high_open=True)
     tie_weights: bool = False  # share input embedding and output layer weights
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
@@ -48,7 +132,7 @@ class LSTMConfig(ModelConfig):
     """The classic word-level LSTM language model (embedding, stacked LSTM, decoder)."""
 
     name: str = "lstm"
-    embedding_dim: Optional[int] = None  # None: hidden_dim (tie_weights needs them equal)
+    embedding_dim: Optional[int] = positive(None)  # None: hidden_dim (tie_weights needs them equal)
 
 
 @dataclass
@@ -57,8 +141,8 @@ class TransformerConfig(ModelConfig):
 
     name: str = "transformer"
     architecture: str = "gpt2"  # a `transformers` model_type: gpt2 | llama
-    num_heads: int = 4
-    max_positions: int = 256
+    num_heads: int = positive(4)
+    max_positions: int = positive(256)
     pretrained: Optional[str] = None  # a local path or hub name; replaces the fields above
 
 
@@ -72,7 +156,7 @@ class CorpusConfig:
     train: list[str] = field(default_factory=list)
     valid: list[str] = field(default_factory=list)
     test: list[str] = field(default_factory=list)
-    heldout_fraction: float = 0.1  # of the train lines, each for valid and test when not given
+    heldout_fraction: float = bounded(0.1, 0.0, 0.5, low_open=True, high_open=True)  # of the train lines, each for valid and test when not given
     hf_dataset: Optional[str] = None  # e.g. wikitext (needs internet on first use)
     hf_config: Optional[str] = None  # e.g. wikitext-2-raw-v1
     text_column: str = "text"
@@ -110,6 +194,13 @@ class UnknownNames(Enum):
     unseen = "unseen"
 
 
+class UnknownLabel(Choice):
+    """What the fine-tuning and validation sets answer to an unknown question (`data.unknown_label`)."""
+
+    answer = "answer"  # the true answer: new knowledge to fit (Gekhman et al.)
+    idk = "idk"  # the abstain phrase: teach abstention (R-Tuning)
+
+
 @dataclass
 class KBQAConfig:
     """Knowledge-controlled data (`data=kbqa`): the pretraining corpus and the QA sets."""
@@ -117,27 +208,27 @@ class KBQAConfig:
     name: str = "kbqa"
     kb: KBConfig = field(default_factory=KBConfig)
     relations: list[str] = field(default_factory=list)  # empty: every relation with templates
-    max_subjects: Optional[int] = None  # cap on subjects, drawn by split_seed (small demos)
-    known_fraction: float = 0.5  # share of subjects whose facts the pretraining corpus states
+    max_subjects: Optional[int] = positive(None)  # cap on subjects, drawn by split_seed (small demos)
+    known_fraction: float = fraction(0.5)  # share of subjects whose facts the pretraining corpus states
     split_seed: int = 0
-    paraphrases: int = 4  # statement templates per known fact (1: one phrasing)
+    paraphrases: int = positive(4)  # statement templates per known fact (1: one phrasing)
     # The last N statement templates of each relation never appear in the training split:
     # valid/test state the known facts in them, so their perplexity tells a stored fact from
     # a memorized sentence. 0: valid/test are the training statements themselves.
-    heldout_templates: int = 1
+    heldout_templates: int = bounded(1, 0)
     unknown_names: UnknownNames = UnknownNames.mentioned
-    mentions: int = 2  # kb.mentions sentences per name (0: none)
+    mentions: int = bounded(2, 0)  # kb.mentions sentences per name (0: none)
     # A new order of statements every epoch: in one fixed order a model learns each fact
     # from the statements before it, and cannot recall it from its subject alone.
     shuffle_lines: bool = True
     general_text: list[str] = field(default_factory=list)  # text files to mix in
-    general_ratio: float = 0.0  # share of corpus lines taken from general_text
+    general_ratio: float = fraction(0.0, high_open=True)  # share of corpus lines taken from general_text
     # QA sets for finetune
-    finetune_size: int = 90
-    unknown_fraction: float = 0.5  # share of unknown facts in the fine-tuning set (exact)
-    valid_size: int = 30
-    test_size: int = 100  # each of test_known and test_unknown (fewer if the KB runs out)
-    unknown_label: str = "answer"  # answer | idk: relabel unknown answers to the abstain phrase
+    finetune_size: int = positive(90)
+    unknown_fraction: float = fraction(0.5)  # share of unknown facts in the fine-tuning set (exact)
+    valid_size: int = positive(30)
+    test_size: int = positive(100)  # each of test_known and test_unknown (fewer if the KB runs out)
+    unknown_label: UnknownLabel = UnknownLabel.answer
     abstain_phrase: str = "I don't know"
     prompt_template: str = "Q: {question} A:"
 
@@ -154,7 +245,7 @@ class LabelledConfig:
     train: str = MISSING  # a CSV file with a header row, or a JSONL file, of text and label
     valid: Optional[str] = None  # None: heldout_fraction of train, drawn by split_seed
     test: Optional[str] = None  # None: heldout_fraction of train, drawn by split_seed
-    heldout_fraction: float = 0.1  # of the train examples, each for valid and test when not given
+    heldout_fraction: float = bounded(0.1, 0.0, 0.5, low_open=True)  # of the train examples, each for valid and test when not given
     split_seed: int = 0
     text_column: str = "text"  # the CSV column / JSON key of the text
     label_column: str = "label"  # the CSV column / JSON key of the label
@@ -163,46 +254,70 @@ class LabelledConfig:
     # label may be a number (0) or a word; halluc_cli.data.labelled checks it.
     label_words: Any = None
     prompt_template: str = "Review: {question}\nSentiment:"  # {question}: the example's text
-    max_examples: Optional[int] = None  # at most this many examples of each file, drawn by split_seed
+    max_examples: Optional[int] = positive(None)  # at most this many examples of each file, drawn by split_seed
+
+
+class DeviceName(Choice):
+    auto = "auto"  # CUDA when present
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+class Precision(Choice):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"  # GPU only
 
 
 @dataclass
 class DeviceConfig:
     """Where and in which precision to run; read by `halluc_cli.training.device`."""
 
-    name: str = "auto"  # auto: CUDA when present | cpu | gpu
+    name: DeviceName = DeviceName.auto
     # auto: bf16 on GPUs that compute it natively (Ampere+), fp16 with a gradient scaler on
     # older GPUs, fp32 on the CPU | fp32 | bf16 | fp16 (GPU only)
-    precision: str = "auto"
+    precision: Precision = Precision.auto
     tf32: bool = True  # TF32 matmuls on Ampere and newer GPUs
     # torch.compile the model for training (the first steps compile, minutes for a large
     # model); checkpoints hold the model itself. Decoding (generate, eval_after) runs uncompiled.
     compile: bool = False
 
 
+class Optimizer(Choice):
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(Choice):
+    cosine = "cosine"
+    step = "step"
+    constant = "constant"
+
+
 @dataclass
 class TrainConfig:
     """The shared training loop's settings (pretrain and finetune)."""
 
-    max_steps: int = 1000  # optimizer steps
-    batch_size: int = 20  # the global batch: split across processes under torchrun
-    seq_len: int = 35  # tokens per sequence; the BPTT length for the LSTM
-    grad_accum: int = 1  # micro-batches per optimizer step
-    optimizer: str = "adamw"  # adamw | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # SGD only
-    schedule: str = "cosine"  # cosine | step | constant
-    warmup_steps: int = 0
-    step_every: int = 1000  # step schedule: multiply lr by step_gamma every this many steps
-    step_gamma: float = 0.25
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    clip_grad: Optional[float] = 1.0
-    eval_every: int = 100
-    eval_batches: Optional[int] = None  # None: the whole validation split
-    save_every: int = 100
-    log_every: int = 10
-    early_stopping_patience: Optional[int] = None  # evals without improvement before stopping
+    max_steps: int = positive(1000)  # optimizer steps
+    batch_size: int = positive(20)  # the global batch: split across processes under torchrun
+    seq_len: int = positive(35)  # tokens per sequence; the BPTT length for the LSTM
+    grad_accum: int = positive(1)  # micro-batches per optimizer step
+    optimizer: Optimizer = Optimizer.adamw
+    lr: float = bounded(1e-3, 0.0, low_open=True)
+    weight_decay: float = bounded(0.0, 0.0)
+    momentum: float = fraction(0.0, high_open=True)  # SGD only
+    schedule: Schedule = Schedule.cosine
+    warmup_steps: int = bounded(0, 0)
+    step_every: int = positive(1000)  # step schedule: multiply lr by step_gamma every this many steps
+    step_gamma: float = bounded(0.25, 0.0, low_open=True)
+    min_lr_ratio: float = fraction(0.1)  # cosine decays to lr * this
+    clip_grad: Optional[float] = bounded(1.0, 0.0, low_open=True)
+    eval_every: int = positive(100)
+    eval_batches: Optional[int] = positive(None)  # None: the whole validation split
+    save_every: int = positive(100)
+    log_every: int = positive(10)
+    early_stopping_patience: Optional[int] = positive(None)  # evals without improvement before stopping
     keep_best: bool = False  # save the model at its best validation loss in run_dir/best
     progress: bool = True  # rich progress bar
 
@@ -222,10 +337,10 @@ class FreezeConfig:
     trainable_modules: list[str] = field(default_factory=list)
     # layers: also train these: head, embeddings, final_norm, or any module name (lm_head, transformer.wpe)
     extra_modules: list[str] = field(default_factory=list)
-    unfreeze_every: int = 100  # gradual: one more block (from the top) every this many steps
-    rank: int = 8  # lora: adapter rank r
-    alpha: float = 16.0  # lora: scaling alpha (updates scaled by alpha / rank)
-    dropout: float = 0.0  # lora: dropout on the adapter input
+    unfreeze_every: int = positive(100)  # gradual: one more block (from the top) every this many steps
+    rank: int = positive(8)  # lora: adapter rank r
+    alpha: float = bounded(16.0, 0.0, low_open=True)  # lora: scaling alpha (updates scaled by alpha / rank)
+    dropout: float = fraction(0.0, high_open=True)  # lora: dropout on the adapter input
     target_modules: list[str] = field(default_factory=list)  # lora: layers to adapt; empty: peft's defaults
 
 
@@ -243,17 +358,22 @@ class PretrainConfig:
     resume: str = "auto"
 
 
+class DecodingName(Choice):
+    greedy = "greedy"
+    sample = "sample"
+
+
 @dataclass
 class DecodingConfig:
     """How `generate` (and the data-cleaning probe) decodes (`conf/decoding/`)."""
 
-    name: str = "greedy"  # greedy | sample
-    temperature: float = 1.0  # sample: softmax temperature
-    top_k: int = 0  # sample: keep the k likeliest tokens (0: all)
-    top_p: float = 1.0  # sample: nucleus, keep the likeliest tokens up to this mass
-    num_samples: int = 1  # continuations per prompt (sample only)
-    max_new_tokens: int = 16
-    batch_size: int = 32
+    name: DecodingName = DecodingName.greedy
+    temperature: float = bounded(1.0, 0.0, low_open=True)  # sample: softmax temperature
+    top_k: int = bounded(0, 0)  # sample: keep the k likeliest tokens (0: all)
+    top_p: float = bounded(1.0, 0.0, 1.0, low_open=True)  # sample: nucleus, keep the likeliest tokens up to this mass
+    num_samples: int = positive(1)  # continuations per prompt (sample only)
+    max_new_tokens: int = positive(16)
+    batch_size: int = positive(32)
     stop_at_newline: bool = True  # besides end-of-sequence
 
 
@@ -299,14 +419,28 @@ class MitigationConfig:
     name: str = "none"
 
 
+class VerifyPolicy(Choice):
+    flag = "flag"  # keep the answer, marked
+    abstain = "abstain"  # replace it with abstain_phrase
+    correct = "correct"  # replace it with the KB's answer
+
+
 @dataclass
 class KBVerifyConfig(MitigationConfig):
     """Post-hoc KB verification of predictions; read by `halluc_cli.scoring.verify`."""
 
     name: str = "kb_verify"
-    # what to do with an answer the KB contradicts: flag (keep it, marked) | abstain
-    # (replace it with abstain_phrase) | correct (replace it with the KB's answer)
-    policy: str = "flag"
+    policy: VerifyPolicy = VerifyPolicy.flag  # what to do with an answer the KB contradicts
+
+
+class UnknownAction(Choice):
+    drop = "drop"
+    idk = "idk"  # relabel to data.abstain_phrase
+
+
+class ProbePrompts(Choice):
+    statements = "statements"
+    questions = "questions"
 
 
 @dataclass
@@ -323,19 +457,18 @@ class CleanConfig(MitigationConfig):
     drop_kb_contradictions: bool = True  # drop examples whose answer the KB contradicts
     drop_conflicts: bool = True  # drop every example of a fact whose examples disagree on the answer
     probe: bool = True  # SliCK knowledge categories from the pretrained model's own answers
-    # what to do with the examples in unknown_categories: drop | idk (relabel to data.abstain_phrase)
-    unknown_action: str = "drop"
+    unknown_action: UnknownAction = UnknownAction.drop  # what to do with the examples in unknown_categories
     # the SliCK categories the action applies to: Unknown (default) | WeaklyKnown | MaybeKnown | HighlyKnown
     unknown_categories: list[str] = field(default_factory=lambda: ["Unknown"])
     # statements: cloze prompts from the relation's statement templates ("The capital of X is"),
     # what a model pretrained on statements can complete | questions: the relation's question
     # templates in data.prompt_template after `shots` solved exemplars (SliCK's few-shot probe)
-    prompts: str = "statements"
-    shots: int = 4  # questions: exemplars before each question
-    num_samples: int = 4  # sampled answers per probe prompt (at temperature)
-    temperature: float = 0.5  # SliCK's T > 0
-    max_new_tokens: int = 8
-    batch_size: int = 64  # rows (prompt x sample) a decoding batch
+    prompts: ProbePrompts = ProbePrompts.statements
+    shots: int = bounded(4, 0)  # questions: exemplars before each question
+    num_samples: int = positive(4)  # sampled answers per probe prompt (at temperature)
+    temperature: float = bounded(0.5, 0.0, low_open=True)  # SliCK's T > 0: sampled answers estimate P(T>0)
+    max_new_tokens: int = positive(8)
+    batch_size: int = positive(64)  # rows (prompt x sample) a decoding batch
 
 
 @dataclass

@@ -29,8 +29,6 @@ class Decoder:
     seed: int = 0  # of the sampling generator
 
     def __post_init__(self) -> None:
-        if self.cfg.name not in ("greedy", "sample"):
-            raise UserError(f"unknown decoding {self.cfg.name!r}; choose decoding=greedy or decoding=sample")
         if self.cfg.name == "greedy" and self.cfg.num_samples > 1:
             raise UserError("greedy decoding gives one answer a prompt; set decoding=sample for decoding.num_samples > 1")
         self.stop_ids = torch.tensor(sorted(_stop_token_ids(self.tokenizer, self.cfg.stop_at_newline)), device=self.device)

@@ -11,3 +11,8 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, keep_run_dir: bool = False) -> None:
+        super().__init__(message)
+        # A failed start removes what the run wrote, unless the message points the user at it.
+        self.keep_run_dir = keep_run_dir

@@ -158,7 +158,7 @@ def test_checkpoint_of_another_model_type(lstm_run: Path, tmp_path: Path) -> Non
     run_dir = tmp_path / "run"
     pretrain(run_dir, "model=lstm", "train.max_steps=2", "train.eval_every=2")
     result = run_cli("pretrain", *TINY, "model=transformer", f"hydra.run.dir={run_dir}")
-    _one_line_error(result, "is a lstm model but model=transformer")
+    _one_line_error(result, "trained with model.name=lstm, not transformer")
 
 
 def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def test_duplicate_ids(tmp_path: Path) -> None:
     "overrides, phrase",
     [
         (["task=perplexity"], "task=perplexity is not a scoring task"),
-        (["mitigation=kb_verify", "mitigation.policy=delete"], "mitigation.policy=delete is not a policy"),
+        (["mitigation=kb_verify", "mitigation.policy=delete"], "Invalid value 'delete', expected one of [flag, abstain, correct]"),
         (["task=classification", "mitigation=kb_verify"], "with task=classification use mitigation=none"),
         (["predictions_file=x"], "predictions_file"),  # a misspelled key fails at composition
     ],

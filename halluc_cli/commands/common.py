@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from halluc_cli import rundir
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_text, complete_dir
 from halluc_cli.models import LanguageModel, count_parameters
@@ -22,10 +23,13 @@ from halluc_cli.training.distributed import shared_run_dir
 console = Console(soft_wrap=True)
 
 
-def start_run(cfg: DictConfig, accelerator: Accelerator | None = None) -> Path:
-    """Seed every generator (commands with a seed), save the resolved config in the run dir,
-    and return the dir.
+def start_run(cfg: DictConfig, accelerator: Accelerator | None = None, kept_on_resume: tuple[str, ...] = ()) -> Path:
+    """Seed every generator (commands with a seed), claim the run dir, save the resolved
+    config (and Hydra's record of the run in `.hydra/`) in it, and return the dir.
 
+    Call it once the settings and inputs are checked: a failure before it leaves nothing.
+    `kept_on_resume`: the config sections a resumed run must share with its checkpoint
+    (a model of another shape, or other data, cannot continue it).
     Training commands pass their `accelerator`: of several processes (torchrun), all use the
     main process's run dir, and only the main one writes the config and prints.
     """
@@ -37,9 +41,50 @@ def start_run(cfg: DictConfig, accelerator: Accelerator | None = None) -> Path:
     if "seed" in cfg:
         set_seed(cfg.seed)
     if main:
+        rundir.claim(run_dir)
+        if kept_on_resume and str(cfg.resume).lower() != "false" and find_checkpoint(run_dir / "checkpoint"):
+            _check_resumable(run_dir / "config.yaml", cfg, kept_on_resume)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        _write_hydra_record(run_dir)
     console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
     return run_dir
+
+
+def _write_hydra_record(run_dir: Path) -> None:
+    """What Hydra itself writes to `.hydra/` (the run's hydra settings and its overrides), so a
+    run dir records how it was launched; halluc's resolved config is `config.yaml` beside it."""
+    hydra_cfg = HydraConfig.get()
+    record = run_dir / ".hydra"
+    atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+def _check_resumable(saved_config: Path, cfg: DictConfig, sections: tuple[str, ...]) -> None:
+    """Refuse to resume a checkpoint under settings it was not trained with, naming the first
+    setting that differs and both of its values."""
+    if not saved_config.is_file():
+        return
+    saved = OmegaConf.load(saved_config)
+    for section in sections:
+        before, now = _leaves(_plain(saved.get(section)), section), _leaves(_plain(cfg[section]), section)
+        for key in sorted(before.keys() | now.keys()):
+            if before.get(key) != now.get(key):
+                raise UserError(
+                    f"the run dir's checkpoint was trained with {key}={before.get(key)}, not {now.get(key)}; "
+                    "resume with the run's settings, set resume=false to start over, or choose another hydra.run.dir"
+                )
+
+
+def _plain(node: Any) -> Any:
+    """A config section as plain values (a single setting, like ckpt, as it is)."""
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True) if OmegaConf.is_config(node) else node
+
+
+def _leaves(node: Any, prefix: str) -> dict[str, Any]:
+    """{"model.hidden_dim": 32, ...}: the settings of a config section, by full key."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    return {key: value for name, child in node.items() for key, value in _leaves(child, f"{prefix}.{name}").items()}
 
 
 def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:

@@ -147,7 +147,7 @@ def run(cfg: DictConfig) -> None:
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
     accelerator = build_accelerator(cfg.device)
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
-    run_dir = start_run(cfg, accelerator)
+    run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze"))
     pretrain_dir, checkpoint = resolve_run(cfg.ckpt)
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
     tokenizer = load_tokenizer(checkpoint)

@@ -29,7 +29,7 @@ TOKENS_DIR = "tokens"  # the tokenized splits and the tokenizer that made them
 def run(cfg: DictConfig) -> None:
     """Pretrain the configured model; everything lands in the Hydra run dir."""
     accelerator = build_accelerator(cfg.device)
-    run_dir = start_run(cfg, accelerator)
+    run_dir = start_run(cfg, accelerator, kept_on_resume=("model", "data"))
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
     if resume_from is None and accelerator.is_main_process:
         _prepare_data(cfg, run_dir / TOKENS_DIR)

@@ -27,7 +27,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
-from halluc_cli.scoring.verify import POLICIES, KBVerifier, verification_summary
+from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
 MITIGATIONS = ("none", "kb_verify")
 # The fields each task reads, with the JSON types they may hold.
@@ -92,15 +92,10 @@ def _check_settings(cfg: DictConfig) -> None:
         )
     if name not in MITIGATIONS:
         raise UserError(f"mitigation={name} does not apply to halluc score; use mitigation=none or kb_verify")
-    if name == "kb_verify":
-        if cfg.mitigation.policy not in POLICIES:
-            raise UserError(
-                f"mitigation.policy={cfg.mitigation.policy} is not a policy; use flag, abstain or correct"
-            )
-        if cfg.task == "classification":
-            raise UserError(
-                "mitigation=kb_verify checks answers against the KB; with task=classification use mitigation=none"
-            )
+    if name == "kb_verify" and cfg.task == "classification":
+        raise UserError(
+            "mitigation=kb_verify checks answers against the KB; with task=classification use mitigation=none"
+        )
 
 
 # --- reading and checking inputs ---------------------------------------------------------

@@ -103,8 +103,6 @@ def _hold_out(splits: dict[str, list[str]], fraction: float) -> dict[str, list[s
     """Carve missing valid/test splits off the end of train, each `fraction` of its lines."""
     if splits["valid"] and splits["test"]:
         return splits
-    if not 0.0 < fraction < 0.5:
-        raise UserError(f"data.heldout_fraction must be between 0 and 0.5, got {fraction}")
     train = splits["train"]
     size = max(1, int(len(train) * fraction))
     for split in ("test", "valid"):  # test from the very end, valid just before it

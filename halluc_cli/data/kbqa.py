@@ -112,8 +112,6 @@ def _templates(relation: str, cfg: KBQAConfig) -> tuple[list[str], list[str]]:
     """A relation's statement templates: those the training split may use, and those held out."""
     templates = list(cfg.kb.relations[relation].statements)
     held = cfg.heldout_templates
-    if held < 0:
-        raise UserError(f"data.heldout_templates must be 0 or more, got {held}")
     if cfg.paraphrases + held > len(templates):
         raise UserError(
             f"data.paraphrases={cfg.paraphrases} plus data.heldout_templates={held} need "
@@ -134,8 +132,6 @@ def _mentions(kb: KnowledgeBase, known: set[str], cfg: KBQAConfig) -> list[str]:
     templates = list(cfg.kb.mentions)
     if cfg.unknown_names is UnknownNames.mentioned and cfg.mentions < 1:
         raise UserError("data.unknown_names=mentioned needs data.mentions >= 1, or set data.unknown_names=unseen")
-    if cfg.mentions < 0:
-        raise UserError(f"data.mentions must be 0 or more, got {cfg.mentions}")
     if cfg.mentions > len(templates):
         raise UserError(
             f"data.mentions={cfg.mentions} but kb={cfg.kb.name} has {len(templates)} mention templates; "
@@ -152,8 +148,6 @@ def _mix_in(general_lines: list[str], fact_lines: int, ratio: float, rng: random
     """General text so that it makes up `ratio` of the corpus lines."""
     if ratio <= 0 or not general_lines:
         return []
-    if not ratio < 1:
-        raise UserError(f"data.general_ratio must be below 1, got {ratio}")
     wanted = round(fact_lines * ratio / (1 - ratio))
     usable = [line for line in general_lines if line.strip()]
     return [rng.choice(usable) for _ in range(wanted)]

@@ -30,8 +30,6 @@ def train_tokenizer(
     its own entry rather than `<unk>`); byte-level BPE spells any text from its pieces.
     """
     builders = {"word": _word_level, "bpe": _byte_level_bpe}
-    if cfg.kind not in builders:
-        raise UserError(f"unknown tokenizer kind {cfg.kind!r}; set model.tokenizer.kind to one of {sorted(builders)}")
     tokenizer, trainer = builders[cfg.kind](cfg)
     tokenizer.train_from_iterator(lines, trainer=trainer)
     if cfg.kind == "word":

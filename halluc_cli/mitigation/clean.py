@@ -68,8 +68,6 @@ REPORT_FILE = "cleaning_report.json"  # in run_dir/
 
 HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
 CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
-ACTIONS = ("drop", "idk")
-PROMPT_KINDS = ("statements", "questions")
 _OBJECT, _SUBJECT = "{object}", "{subject}"
 
 Step = tuple[list[QAExample], dict[str, Any]]
@@ -80,26 +78,11 @@ Step = tuple[list[QAExample], dict[str, Any]]
 
 def check_clean_config(cfg: CleanConfig) -> None:
     """Reject settings that cannot work, before anything is loaded or written."""
-    if cfg.unknown_action not in ACTIONS:
-        raise UserError(
-            f"mitigation.unknown_action={cfg.unknown_action} is not an action; use drop or idk "
-            "(relabel to the abstain phrase)"
-        )
     wrong = [c for c in cfg.unknown_categories if c not in CATEGORIES]
     if wrong:
         raise UserError(
             f"mitigation.unknown_categories has {', '.join(map(str, wrong))}: not a SliCK category; "
             f"choose from {', '.join(CATEGORIES)}"
-        )
-    if cfg.prompts not in PROMPT_KINDS:
-        raise UserError(f"mitigation.prompts={cfg.prompts} is not a probe form; use statements or questions")
-    for key, least in (("num_samples", 1), ("max_new_tokens", 1), ("batch_size", 1), ("shots", 0)):
-        if getattr(cfg, key) < least:
-            raise UserError(f"mitigation.{key}={getattr(cfg, key)} must be at least {least}")
-    if not cfg.temperature > 0:
-        raise UserError(
-            f"mitigation.temperature={cfg.temperature} must be above 0 (sampled answers estimate P(T>0)); "
-            "SliCK uses 0.5"
         )
 
 
@@ -580,7 +563,8 @@ def clean_finetune_set(
     if not kept:
         raise UserError(
             f"cleaning left no fine-tuning example of {len(examples)} (see {run_dir / REPORT_FILE}); "
-            "set mitigation.unknown_action=idk, narrow mitigation.unknown_categories, or pretrain longer"
+            "set mitigation.unknown_action=idk, narrow mitigation.unknown_categories, or pretrain longer",
+            keep_run_dir=True,
         )
     return kept
 

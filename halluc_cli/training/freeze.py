@@ -150,8 +150,6 @@ class GradualUnfreezing(FreezeStrategy):
 
     def setup(self, model: LanguageModel) -> None:
         every = self.cfg.unfreeze_every
-        if every < 1:
-            raise UserError(f"freeze.unfreeze_every must be at least 1 step, got {every}")
         parts = ModelParts.of(model)
         # Top of the network first: head (+ final norm), blocks from the last, embeddings.
         self.groups = [parts.head + parts.final_norm]

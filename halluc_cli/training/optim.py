@@ -16,11 +16,9 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     """AdamW or SGD over `params`: the trainable parameters only (frozen ones get no state)."""
     if not params:
         raise UserError("no parameter is trainable; choose a freeze strategy that leaves some layers trainable")
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_adamw_available())
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    raise UserError(f"unknown train.optimizer {cfg.optimizer!r}; choose adamw or sgd")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=_fused_adamw_available())
 
 
 def _fused_adamw_available() -> bool:
@@ -43,8 +41,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> Lambd
         "step": lambda progress, step: cfg.step_gamma ** (step // cfg.step_every),
         "constant": lambda progress, step: 1.0,
     }
-    if cfg.schedule not in schedules:
-        raise UserError(f"unknown train.schedule {cfg.schedule!r}; choose one of {sorted(schedules)}")
     decay = schedules[cfg.schedule]
     decay_steps = max(1, cfg.max_steps - cfg.warmup_steps)
 

@@ -8,7 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from halluc_cli.config import CONF_DIR, KBQAConfig, register_configs
+from halluc_cli.config import CONF_DIR, KBQAConfig, check_settings, register_configs
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import build_qa_sets, format_prompt, load_facts, render_corpus, split_subjects
 from halluc_cli.data.normalize import normalize_text
@@ -107,10 +107,10 @@ def test_mentioned_needs_mentions() -> None:
         render_corpus(_cfg("data.mentions=0"), [])
     with pytest.raises(UserError, match="data.mentions=9 but kb=geonames has 4 mention templates"):
         render_corpus(_cfg("data.mentions=9"), [])
-    with pytest.raises(UserError, match="data.mentions must be 0 or more"):
-        render_corpus(_cfg("data.unknown_names=unseen", "data.mentions=-1"), [])
-    with pytest.raises(UserError, match="data.heldout_templates must be 0 or more"):
-        render_corpus(_cfg("data.heldout_templates=-1"), [])
+    with pytest.raises(UserError, match=r"mentions=-1 is out of range: it must be at least 0"):
+        check_settings(_cfg("data.unknown_names=unseen", "data.mentions=-1"))
+    with pytest.raises(UserError, match=r"heldout_templates=-1 is out of range: it must be at least 0"):
+        check_settings(_cfg("data.heldout_templates=-1"))
     with pytest.raises(Exception, match="unknown_names"):  # not an UnknownNames value: refused at composition
         _cfg("data.unknown_names=forgotten")
 

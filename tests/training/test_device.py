@@ -38,15 +38,11 @@ def test_precision_choice(precision: str, on_gpu: bool, native_bf16: bool, expec
 def test_bad_precisions_are_user_errors() -> None:
     with pytest.raises(UserError, match="fp16 needs a GPU"):
         resolve_precision("fp16", on_gpu=False, native_bf16=False)
-    with pytest.raises(UserError, match="unknown device.precision 'half'"):
-        resolve_precision("half", on_gpu=True, native_bf16=True)
 
 
 def test_device_choice() -> None:
     assert use_gpu("auto", has_cuda=True) and use_gpu("gpu", has_cuda=True)
     assert not use_gpu("auto", has_cuda=False) and not use_gpu("cpu", has_cuda=True)
-    with pytest.raises(UserError, match="unknown device 'tpu'"):
-        use_gpu("tpu", has_cuda=True)
 
 
 def test_gpu_without_a_gpu_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
