@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,8 +25,16 @@ def _files(root: Path, pattern: str) -> set[str]:
 
 @pytest.mark.slow
 def test_installed_wheel_runs_with_its_own_configs(tmp_path: Path) -> None:
+    # The wheel's sources, copied: pip builds in the tree it is given, and a checkout's stale
+    # build/ could ship files that are gone.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
+    for name in ("halluc_cli", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    built = _run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheel"), str(REPO)], cwd=tmp_path)
+    built = _run([*pip, "wheel", "--no-deps", "-w", str(tmp_path / "wheel"), str(source)], cwd=tmp_path)
     assert "warning" not in (built.stdout + built.stderr).lower()  # e.g. a deprecated license table
     site = tmp_path / "site"
     (wheel,) = (tmp_path / "wheel").glob("halluc-*.whl")
@@ -38,7 +47,7 @@ def test_installed_wheel_runs_with_its_own_configs(tmp_path: Path) -> None:
     # checkout; the test interpreter's site-packages give torch and the other dependencies.
     env = {**os.environ, "PYTHONPATH": str(site), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     where = _run([sys.executable, "-c", "import halluc_cli.config as c; print(c.__file__); print(c.CONF_DIR)"],
-                 cwd=tmp_path, env=env).stdout.split()
+                 cwd=tmp_path, env=env).stdout.splitlines()
     assert [Path(path).resolve().is_relative_to(site.resolve()) for path in where] == [True, True], where
     run_dir = tmp_path / "run"
     _run([sys.executable, "-m", "halluc_cli", "pretrain", "experiment=tiny", "train.progress=false",
