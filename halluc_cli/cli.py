@@ -3,6 +3,8 @@
 `halluc pretrain model=lstm train.max_steps=100` runs the Hydra app of `conf/pretrain.yaml`
 with the remaining arguments, exactly as `python pretrain.py model=lstm ...` would, so
 overrides, `-m` sweeps, `--cfg job`, `--help` and launchers all behave as Hydra documents.
+One addition: a user's `hydra.searchpath=[...]` adds their config dirs to the command's own
+search path instead of replacing it.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     debug = debug or os.environ.get("HYDRA_FULL_ERROR") == "1"
     register_configs()
     _quiet_libraries()
+    args = _keep_own_searchpath(name, args)
 
     if int(os.environ.get("RANK", "0")) > 0:
         # A process other than the main one of a multi-process run (torchrun) writes no
@@ -210,6 +213,43 @@ def _fail_before_start(message: str) -> None:
     err.print(f"error: {message or 'the config could not be composed'} (--debug shows the traceback)",
               highlight=False, markup=False)
     raise SystemExit(UserError.exit_code) from None
+
+
+def _keep_own_searchpath(name: str, args: list[str]) -> list[str]:
+    """`args` with the command's own search path added to a user's `hydra.searchpath=[...]`.
+
+    Hydra lets that override replace the list of `conf/<name>.yaml`, whose entry
+    (`conf/<name>/`) is where `experiment=` looks; a user who adds their config dirs
+    (`kb/mykb.yaml`, ...) keeps it this way. Theirs are searched first, as a `--config-dir` is.
+    """
+    from omegaconf import OmegaConf
+
+    from halluc_cli.config import CONF_DIR
+
+    own = OmegaConf.select(OmegaConf.load(CONF_DIR / f"{name}.yaml"), "hydra.searchpath", default=None)
+    if own is None:
+        return args
+    own = OmegaConf.to_container(own, resolve=True)  # ${halluc_conf:...} resolved to a path
+    return [_extend_searchpath(arg, own) if arg.startswith("hydra.searchpath=") else arg for arg in args]
+
+
+def _extend_searchpath(override: str, own: list[str]) -> str:
+    """`hydra.searchpath=[user's entries, own entries]`; an override that is not a list of
+    strings stays as it is, for Hydra to report."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Quote, QuotedString
+    from hydra.errors import OverrideParseException
+
+    try:
+        (parsed,) = OverridesParser.create().parse_overrides([override])
+    except OverrideParseException:
+        return override
+    user = parsed.value()
+    if not isinstance(user, list) or not all(isinstance(entry, str) for entry in user):
+        return override
+    entries = [*user, *(entry for entry in own if entry not in user)]
+    quoted = ",".join(QuotedString(text=entry, quote=Quote.single).with_quotes() for entry in entries)
+    return f"hydra.searchpath=[{quoted}]"
 
 
 def _sweep_run_name() -> str | None:

@@ -486,7 +486,16 @@ class ScoreConfig:
     mitigation: Any = MISSING
 
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+def _find_conf_dir() -> Path:
+    """The config tree: `halluc_cli/conf` in an installed wheel (pyproject.toml maps the
+    repository's top-level `conf/` there), else `conf/` beside the package in a checkout or an
+    editable install, which map nothing into the package folder."""
+    package = Path(__file__).resolve().parent
+    installed = package / "conf"
+    return installed if installed.is_dir() else package.parent / "conf"
+
+
+CONF_DIR = _find_conf_dir()
 
 
 def conf_path(relative: str) -> str:
