@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from halluc_cli.config import CONF_DIR
-from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
+from cli_helpers import (
+    TINY,
+    assert_one_line_error,
+    assert_same_weights,
+    pretrain,
+    run_cli,
+    run_killed_at_step,
+    truncated_copy,
+)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -159,6 +167,12 @@ def test_checkpoint_of_another_model_type(lstm_run: Path, tmp_path: Path) -> Non
     pretrain(run_dir, "model=lstm", "train.max_steps=2", "train.eval_every=2")
     result = run_cli("pretrain", *TINY, "model=transformer", f"hydra.run.dir={run_dir}")
     _one_line_error(result, "is a lstm model but model=transformer")
+
+
+def test_resuming_from_truncated_weights(lstm_run: Path, tmp_path: Path) -> None:
+    run = truncated_copy(lstm_run, tmp_path / "run")
+    result = run_cli("pretrain", *TINY, "model=lstm", f"hydra.run.dir={run}")
+    assert_one_line_error(result, f"{run}/checkpoint/model.safetensors is truncated or not a safetensors file", "resume=false starts it over")
 
 
 def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:
