@@ -175,6 +175,30 @@ def test_resuming_from_truncated_weights(lstm_run: Path, tmp_path: Path) -> None
     assert_one_line_error(result, f"{run}/checkpoint/model.safetensors is truncated or not a safetensors file", "resume=false starts it over")
 
 
+def test_a_full_disk_at_the_second_save_keeps_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from halluc_cli.models import load_model
+    from halluc_cli.training.checkpoint import load_training_state
+
+    real_save, saves = torch.save, []
+
+    def fills_the_disk(state, handle) -> None:  # the training state's write, once per checkpoint
+        saves.append(state["step"])
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(state, handle)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    run = tmp_path / "run"
+    result = run_cli("pretrain", *TINY, "model=lstm", f"hydra.run.dir={run}")
+    assert_one_line_error(result, f"could not write {run / 'checkpoint'}: No space left on device",
+                          "the previous checkpoint there, if any, is intact")
+    assert saves == [20, 40]
+    assert load_training_state(run / "checkpoint")["step"] == 20
+    load_model(run / "checkpoint")
+
+
 def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("pretrain", *TINY, "data=wikitext2", f"hydra.run.dir={tmp_path}")
     _one_line_error(result, "could not load the dataset 'wikitext'", "point data.train at local text files")
