@@ -41,6 +41,10 @@ def assert_one_line_error(result: CliResult, *phrases: str) -> None:
         assert phrase in lines[0], lines[0]
 
 
+# What loading says of the weights `truncated_copy` leaves, after the run dir's path.
+TRUNCATED = "checkpoint/model.safetensors is truncated or not a safetensors file"
+
+
 def truncated_copy(run_dir: Path, copy: Path) -> Path:
     """A copy of `run_dir` whose checkpoint weights are cut in half, as a full disk or an
     interrupted copy leaves them."""

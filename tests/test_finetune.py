@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from cli_helpers import (
     TINY,
+    TRUNCATED,
     assert_one_line_error,
     assert_same_weights,
     pretrain,
@@ -103,7 +104,7 @@ def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
 def test_truncated_weights_are_one_line_error(transformer_run: Path, tmp_path: Path) -> None:
     run = truncated_copy(transformer_run, tmp_path / "pretrained")
     result = run_cli("finetune", *TINY, f"ckpt={run}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert_one_line_error(result, f"{run}/checkpoint/model.safetensors is truncated or not a safetensors file", "point ckpt at another run")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "point ckpt at another run")
 
 
 def test_pretraining_without_kb_split_is_a_clear_error(tmp_path: Path) -> None:

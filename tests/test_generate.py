@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import TINY, assert_one_line_error, pretrain, run_cli, truncated_copy
+from cli_helpers import TINY, TRUNCATED, assert_one_line_error, pretrain, run_cli, truncated_copy
 
 PREDICTION_FIELDS = {"id", "question", "prediction", "answer", "aliases", "known", "abstained", "subject", "relation"}
 
@@ -76,7 +76,7 @@ def test_truncated_weights_are_one_line_error(lstm_run: Path, tmp_path: Path) ->
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("The capital of France is\n")
     result = run_cli("generate", f"ckpt={run}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}")
-    assert_one_line_error(result, f"{run}/checkpoint/model.safetensors is truncated or not a safetensors file", "re-run the training that wrote it")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "re-run the training that wrote it")
 
 
 def test_transformer_training_and_decoding_raise_no_future_warning(tmp_path: Path) -> None:
@@ -87,6 +87,8 @@ def test_transformer_training_and_decoding_raise_no_future_warning(tmp_path: Pat
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pretrain(tmp_path / "run", "model=transformer", "train.max_steps=2", "train.eval_every=2")
-        result = run_cli("generate", f"ckpt={tmp_path / 'run'}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}")
+        result = run_cli(
+            "generate", f"ckpt={tmp_path / 'run'}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}"
+        )
     assert result.exit_code == 0, result.stderr
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

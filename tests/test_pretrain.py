@@ -10,6 +10,7 @@ import pytest
 from halluc_cli.config import CONF_DIR
 from cli_helpers import (
     TINY,
+    TRUNCATED,
     assert_one_line_error,
     assert_same_weights,
     pretrain,
@@ -172,7 +173,7 @@ def test_checkpoint_of_another_model_type(lstm_run: Path, tmp_path: Path) -> Non
 def test_resuming_from_truncated_weights(lstm_run: Path, tmp_path: Path) -> None:
     run = truncated_copy(lstm_run, tmp_path / "run")
     result = run_cli("pretrain", *TINY, "model=lstm", f"hydra.run.dir={run}")
-    assert_one_line_error(result, f"{run}/checkpoint/model.safetensors is truncated or not a safetensors file", "resume=false starts it over")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "resume=false starts it over")
 
 
 def test_a_full_disk_at_the_second_save_keeps_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -91,7 +91,8 @@ def test_damaged_weights_are_a_user_error(cfg, damage: str, tokenizer, tmp_path:
     build_model(cfg, tokenizer).save(tmp_path)
     weights = tmp_path / "model.safetensors"
     data = weights.read_bytes()
-    weights.write_bytes({"truncated": data[: len(data) // 2], "not safetensors": b"PK\x03\x04" * 64, "empty": b""}[damage])
+    damaged = {"truncated": data[: len(data) // 2], "not safetensors": b"PK\x03\x04" * 64, "empty": b""}
+    weights.write_bytes(damaged[damage])
     with pytest.raises(UserError, match=re.escape(f"{weights} is truncated or not a safetensors file")):
         load_model(tmp_path)
 
