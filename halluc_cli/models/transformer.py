@@ -129,7 +129,7 @@ class TransformerLanguageModel(LanguageModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            # `cache`, not `past_key_values`: transformers 5.x renamed both the argument and
+            # `cache`, not `past_key_values`: transformers 5.24 renamed both the argument and
             # the output field, and the old names warn on every call (even when None).
             cache=state if use_cache else None,
             use_cache=use_cache,
