@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,29 @@ def run_cli(*args: str) -> CliResult:
     """Run `halluc ARGS...` in this process, as a user would from the shell."""
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def assert_one_line_error(result: CliResult, *phrases: str) -> None:
+    """The command ended as a user's mistake should: exit status 2 and one `error:` line
+    holding every phrase, no traceback."""
+    assert result.exit_code == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+# What loading says of the weights `truncated_copy` leaves, after the run dir's path.
+TRUNCATED = "checkpoint/model.safetensors is truncated or not a safetensors file"
+
+
+def truncated_copy(run_dir: Path, copy: Path) -> Path:
+    """A copy of `run_dir` whose checkpoint weights are cut in half, as a full disk or an
+    interrupted copy leaves them."""
+    shutil.copytree(run_dir, copy)
+    weights = copy / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return copy
 
 
 def pretrain(run_dir: Path, *overrides: str) -> CliResult:

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
+from cli_helpers import (
+    TINY,
+    TRUNCATED,
+    assert_one_line_error,
+    assert_same_weights,
+    pretrain,
+    run_cli,
+    run_killed_at_step,
+    truncated_copy,
+)
 
 
 def finetune(run_dir: Path, ckpt: Path, *overrides: str):
@@ -90,6 +99,12 @@ def test_killed_finetune_resumes_to_the_same_weights(
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("finetune", *TINY, f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.exit_code == 2 and "is neither a run dir with a checkpoint/ model nor a model dir" in result.stderr
+
+
+def test_truncated_weights_are_one_line_error(transformer_run: Path, tmp_path: Path) -> None:
+    run = truncated_copy(transformer_run, tmp_path / "pretrained")
+    result = run_cli("finetune", *TINY, f"ckpt={run}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "point ckpt at another run")
 
 
 def test_pretraining_without_kb_split_is_a_clear_error(tmp_path: Path) -> None:

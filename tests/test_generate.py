@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 
-from cli_helpers import TINY, run_cli
+from cli_helpers import TINY, TRUNCATED, assert_one_line_error, pretrain, run_cli, truncated_copy
 
 PREDICTION_FIELDS = {"id", "question", "prediction", "answer", "aliases", "known", "abstained", "subject", "relation"}
 
@@ -68,3 +69,26 @@ def test_unknown_question_set_is_a_clear_error(finetuned: Path, tmp_path: Path) 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("generate", f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.exit_code == 2 and "neither a run dir" in result.stderr
+
+
+def test_truncated_weights_are_one_line_error(lstm_run: Path, tmp_path: Path) -> None:
+    run = truncated_copy(lstm_run, tmp_path / "run")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n")
+    result = run_cli("generate", f"ckpt={run}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "re-run the training that wrote it")
+
+
+def test_transformer_training_and_decoding_raise_no_future_warning(tmp_path: Path) -> None:
+    # transformers 5.24 renamed `past_key_values` to `cache` and warns on every call with the
+    # old name: a training run used to print it (and decoding after it) in every run.
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The capital of France is\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pretrain(tmp_path / "run", "model=transformer", "train.max_steps=2", "train.eval_every=2")
+        result = run_cli(
+            "generate", f"ckpt={tmp_path / 'run'}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}"
+        )
+    assert result.exit_code == 0, result.stderr
+    assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []

@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 
 from halluc_cli.config import CONF_DIR
-from cli_helpers import TINY, assert_same_weights, pretrain, run_cli, run_killed_at_step
+from cli_helpers import (
+    TINY,
+    TRUNCATED,
+    assert_one_line_error,
+    assert_same_weights,
+    pretrain,
+    run_cli,
+    run_killed_at_step,
+    truncated_copy,
+)
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -159,6 +168,36 @@ def test_checkpoint_of_another_model_type(lstm_run: Path, tmp_path: Path) -> Non
     pretrain(run_dir, "model=lstm", "train.max_steps=2", "train.eval_every=2")
     result = run_cli("pretrain", *TINY, "model=transformer", f"hydra.run.dir={run_dir}")
     _one_line_error(result, "trained with model.name=lstm, not transformer")
+
+
+def test_resuming_from_truncated_weights(lstm_run: Path, tmp_path: Path) -> None:
+    run = truncated_copy(lstm_run, tmp_path / "run")
+    result = run_cli("pretrain", *TINY, "model=lstm", f"hydra.run.dir={run}")
+    assert_one_line_error(result, f"{run}/{TRUNCATED}", "resume=false starts it over")
+
+
+def test_a_full_disk_at_the_second_save_keeps_the_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from halluc_cli.models import load_model
+    from halluc_cli.training.checkpoint import load_training_state
+
+    real_save, saves = torch.save, []
+
+    def fills_the_disk(state, handle) -> None:  # the training state's write, once per checkpoint
+        saves.append(state["step"])
+        if len(saves) == 2:
+            raise OSError(28, "No space left on device")
+        real_save(state, handle)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    run = tmp_path / "run"
+    result = run_cli("pretrain", *TINY, "model=lstm", f"hydra.run.dir={run}")
+    assert_one_line_error(result, f"could not write {run / 'checkpoint'}: No space left on device",
+                          "the previous checkpoint there, if any, is intact")
+    assert saves == [20, 40]
+    assert load_training_state(run / "checkpoint")["step"] == 20
+    load_model(run / "checkpoint")
 
 
 def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path) -> None:

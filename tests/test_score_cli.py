@@ -129,6 +129,16 @@ def test_freetext_factscore_before_and_after_correction(tmp_path: Path) -> None:
     assert mean["after"]["factscore"] == 1.0
 
 
+@pytest.mark.parametrize("continuation, status", [("Paris .", "supported"), ("Ngerulmud .", "contradicted")])
+def test_freetext_reads_a_claim_across_prompt_and_continuation(tmp_path: Path, continuation: str, status: str) -> None:
+    # A record as `halluc generate prompts=` writes it: the prompt beside the continuation alone.
+    record = {"id": "prompt-0", "prompt": "The capital of France is", "prediction": continuation}
+    path = write_jsonl(tmp_path / "p.jsonl", [record])
+    scores = score(tmp_path, f"predictions={path}", "task=freetext")
+    counts = means(scores["mean"])
+    assert counts["claims"] == 1 and counts[status] == 1
+
+
 # --- bad inputs: one line on stderr, exit status 2, no scores.json ------------------------
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import ModelConfig
 from halluc_cli.errors import UserError
-from halluc_cli.models.base import FAMILY_FILE, LanguageModel, count_parameters, read_family
+from halluc_cli.models.base import (
+    DAMAGED_FIX,
+    FAMILY_FILE,
+    WEIGHTS_FILE,
+    LanguageModel,
+    count_parameters,
+    read_family,
+)
 from halluc_cli.models.lstm import LSTMLanguageModel
 from halluc_cli.models.transformer import TransformerLanguageModel
 
@@ -31,6 +39,7 @@ def load_model(directory: Path, expected_family: str | None = None) -> LanguageM
     """Rebuild a saved model from its checkpoint dir alone.
 
     `expected_family` guards against continuing, say, an LSTM run with `model=transformer`.
+    Weights are read from safetensors only (never unpickled); a damaged file is a UserError.
     """
     if not (directory / FAMILY_FILE).is_file():
         raise UserError(f"{directory} is not a halluc checkpoint (no {FAMILY_FILE}); point at a run's checkpoint dir")
@@ -40,4 +49,9 @@ def load_model(directory: Path, expected_family: str | None = None) -> LanguageM
             f"the checkpoint in {directory} is a {family} model but model={expected_family} was asked for; "
             f"set model={family} or use another checkpoint"
         )
-    return FAMILIES[family].load(directory)
+    try:
+        return FAMILIES[family].load(directory)
+    except SafetensorError as error:  # cut short (a full disk, a partial copy) or another format
+        raise UserError(
+            f"{directory / WEIGHTS_FILE} is truncated or not a safetensors file ({error}); {DAMAGED_FIX}"
+        ) from error

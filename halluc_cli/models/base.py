@@ -17,11 +17,15 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 
 # What a model carries from one call to the next: the LSTM's per-layer (h, c); None otherwise.
 State = Any
 FAMILY_FILE = "halluc_model.json"
+WEIGHTS_FILE = "model.safetensors"  # what both families (and `save_pretrained`) name the weights
+# What to do about a checkpoint file that is damaged (a full disk or a copy cut short).
+DAMAGED_FIX = "re-run the training that wrote it (resume=false starts it over), or point ckpt at another run"
 
 
 class LanguageModel(nn.Module, ABC):
@@ -82,7 +86,15 @@ class LanguageModel(nn.Module, ABC):
 
 def read_family(directory: Path) -> dict[str, Any]:
     """The family record a model wrote into its checkpoint dir."""
-    return json.loads((directory / FAMILY_FILE).read_text())
+    return read_json(directory / FAMILY_FILE)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a checkpoint dir; a damaged one is a UserError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error}); {DAMAGED_FIX}") from error
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -18,9 +18,8 @@ from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import LSTMConfig
 from halluc_cli.errors import UserError
-from halluc_cli.models.base import LanguageModel, State
+from halluc_cli.models.base import WEIGHTS_FILE, LanguageModel, State, read_json
 
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
@@ -165,7 +164,7 @@ class LSTMLanguageModel(LanguageModel):
 
     @classmethod
     def load(cls, directory: Path) -> "LSTMLanguageModel":
-        model = cls(**json.loads((directory / CONFIG_FILE).read_text()))
+        model = cls(**read_json(directory / CONFIG_FILE))
         tensors = load_file(str(directory / WEIGHTS_FILE))
         if model.hparams["tie_weights"]:
             tensors["decoder.weight"] = tensors["embedding.weight"]

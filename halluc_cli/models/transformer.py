@@ -129,11 +129,13 @@ class TransformerLanguageModel(LanguageModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=state if use_cache else None,
+            # `cache`, not `past_key_values`: transformers 5.24 renamed both the argument and
+            # the output field, and the old names warn on every call (even when None).
+            cache=state if use_cache else None,
             use_cache=use_cache,
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
-        return output.logits, output.past_key_values if use_cache else None
+        return output.logits, output.cache if use_cache else None
 
     def input_embeddings(self) -> nn.Module:
         return self.hf.get_input_embeddings()

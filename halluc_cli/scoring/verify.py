@@ -9,7 +9,9 @@ them with the abstain phrase, `correct` with the KB's answer.
 
 Free text: each sentence that matches a relation's statement template is a claim, checked
 the same way; FActScore (Min et al. 2023) is the share of a response's claims the KB
-supports, averaged over the responses that make claims.
+supports, averaged over the responses that make claims. A response that continues a prompt
+("The capital of France is" -> "Paris .") is read with its prompt, so a claim the two make
+together counts; a claim the prompt makes alone is not the model's and does not.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ class Claim:
     relation: str
     object: str
     verdict: Verdict
-    sentence: tuple[int, int]  # character span of the sentence in the text
-    object_span: tuple[int, int]  # character span of the object in the text
+    # Character spans in the response; a sentence its prompt begins starts before 0.
+    sentence: tuple[int, int]
+    object_span: tuple[int, int]
 
     def to_dict(self) -> dict[str, Any]:
         """The claim as written to `predictions_verified.jsonl`."""
@@ -169,29 +172,43 @@ class KBVerifier:
             verified.append(new)
         return verified
 
-    def extract_claims(self, text: str) -> list[Claim]:
+    def extract_claims(self, text: str, prompt: str = "") -> list[Claim]:
         """The claims of free text: each sentence that matches a statement template.
 
-        A sentence several templates match ("X is in Y." reads as continent or country of a
-        city) takes the reading the KB supports, else one it contradicts, else the first.
+        `text` continues `prompt` (none: it stands alone). A sentence the prompt begins is
+        read whole, and also from where `text` takes over; a sentence within the prompt is
+        left out. A sentence with several readings ("X is in Y." reads as continent or
+        country of a city) takes the one the KB supports, else one it contradicts, else the
+        first (the whole sentence before its part in `text`).
         """
+        joined = f"{prompt.rstrip()} " if prompt.strip() else ""
+        full, offset = joined + text, len(joined)
         claims = []
-        for sentence in _SENTENCE.finditer(text):
+        for sentence in _SENTENCE.finditer(full):
+            if sentence.end() <= offset:
+                continue  # the prompt's own sentence: not a claim of the model
+            starts = [sentence.start()]
+            if sentence.start() < offset:
+                # A prompt may end in an instruction ("Tell me") rather than begin the claim.
+                starts.append(offset + len(text) - len(text.lstrip()))
             readings = [
-                self._claim(relation, match, sentence.start())
+                self._claim(relation, match, offset)
+                for start in starts
                 for relation, pattern in self._statements
-                if (match := pattern.fullmatch(sentence.group())) is not None
+                if (match := pattern.fullmatch(full, start, sentence.end())) is not None
             ]
             if readings:
                 claims.append(min(readings, key=lambda claim: _STATUS_RANK[claim.verdict.status]))
         return claims
 
     def _claim(self, relation: str, match: re.Match[str], offset: int) -> Claim:
+        """The claim of a template match in prompt + response; spans count from `offset`,
+        where the response starts."""
         subject, obj = match["subject"].strip(), match["object"].strip()
         start, end = match.span("object")
         return Claim(
             subject, relation, obj, self.check(subject, relation, obj),
-            sentence=(offset, offset + match.end()), object_span=(offset + start, offset + end),
+            sentence=(match.start() - offset, match.end() - offset), object_span=(start - offset, end - offset),
         )
 
     def factscore(self, records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -202,7 +219,7 @@ class KBVerifier:
         n = 0
         for record in records:
             n += 1
-            claims = self.extract_claims(record["prediction"])
+            claims = self.extract_claims(record["prediction"], record.get("prompt", ""))
             counts.update(claim.verdict.status for claim in claims)
             if claims:
                 shares.append(sum(claim.verdict.status == SUPPORTED for claim in claims) / len(claims))
@@ -217,12 +234,13 @@ class KBVerifier:
     def apply_claim_policy(self, records: Iterable[Mapping[str, Any]], policy: str) -> list[dict[str, Any]]:
         """Copies of free-text records with their `claims` and the policy applied to each
         contradicted claim: `abstain` drops its sentence (a response left empty becomes the
-        abstain phrase), `correct` puts the KB's answer in place of its object."""
+        abstain phrase), `correct` puts the KB's answer in place of its object. Only the
+        response changes, never its prompt."""
         _check_policy(policy)
         verified = []
         for record in records:
             text = record["prediction"]
-            claims = self.extract_claims(text)
+            claims = self.extract_claims(text, record.get("prompt", ""))
             new = {**record, "claims": [claim.to_dict() for claim in claims]}
             wrong = [claim for claim in claims if claim.verdict.status == CONTRADICTED]
             if wrong and policy != "flag":
@@ -232,11 +250,14 @@ class KBVerifier:
         return verified
 
     def _rewrite(self, text: str, wrong: list[Claim], policy: str) -> str:
-        # From the last claim back, so earlier spans stay valid as the text changes.
+        # From the last claim back, so earlier spans stay valid as the text changes. Spans
+        # before 0 lie in the prompt: the response's part of the sentence goes, and an
+        # object the prompt holds cannot be corrected in the response, so its part goes too.
         for claim in reversed(wrong):
-            start, end = claim.sentence if policy == "abstain" else claim.object_span
-            replacement = "" if policy == "abstain" else claim.verdict.kb_answer
-            text = text[:start] + replacement + text[end:]
+            correct = policy == "correct" and claim.object_span[0] >= 0
+            start, end = claim.object_span if correct else claim.sentence
+            replacement = claim.verdict.kb_answer if correct else ""
+            text = text[: max(start, 0)] + replacement + text[end:]
         return " ".join(text.split()) or self.abstain_phrase
 
 

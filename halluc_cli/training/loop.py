@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import TrainConfig
-from halluc_cli.io import atomic_dir, atomic_write_text
+from halluc_cli.io import atomic_write_text
 from halluc_cli.models import LanguageModel
 from halluc_cli.training.batches import Batch
 from halluc_cli.training.checkpoint import (
@@ -275,9 +275,7 @@ class Trainer:
     def _save_best(self) -> None:
         """The model at its best validation loss so far: the early-stopping point."""
         if self.accelerator.is_main_process:
-            with atomic_dir(self.best_dir) as tmp:
-                self.unwrapped.save(tmp)
-                self.tokenizer.save_pretrained(tmp)
+            save_checkpoint(self.best_dir, self.unwrapped, self.tokenizer)  # weights only: never resumed from
 
     def _restore(self, directory: Path) -> None:
         """Continue exactly where the checkpoint in `directory` left off (weights already loaded)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,26 @@ def test_load_refuses_other_family(tokenizer, tmp_path: Path) -> None:
 
 def test_load_refuses_a_dir_that_is_no_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a halluc checkpoint"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("cfg", [_configs()[0], _configs()[2]], ids=lambda c: c.name)
+@pytest.mark.parametrize("damage", ["truncated", "not safetensors", "empty"])
+def test_damaged_weights_are_a_user_error(cfg, damage: str, tokenizer, tmp_path: Path) -> None:
+    build_model(cfg, tokenizer).save(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "not safetensors": b"PK\x03\x04" * 64, "empty": b""}
+    weights.write_bytes(damaged[damage])
+    with pytest.raises(UserError, match=re.escape(f"{weights} is truncated or not a safetensors file")):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["halluc_model.json", "config.json"])
+def test_malformed_json_of_a_checkpoint_is_a_user_error(name: str, tokenizer, tmp_path: Path) -> None:
+    build_model(LSTMConfig(hidden_dim=8, num_layers=1), tokenizer).save(tmp_path)
+    (tmp_path / name).write_text('{"family": "ls')  # cut short
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path / name} is not valid JSON")):
         load_model(tmp_path)
 
 

@@ -149,3 +149,26 @@ def test_claim_policies_rewrite_contradicted_claims(verifier: KBVerifier) -> Non
     assert flagged[1]["prediction"] == records[1]["prediction"]
     assert flagged[1]["claims"] == [{"subject": "France", "relation": "capital", "object": "Lyon",
                                      "status": "contradicted", "kb_answer": "Paris"}]
+
+
+@pytest.mark.parametrize(
+    "prompt, response, claims",
+    [
+        ("The capital of France is", "Paris .", [("France", "Paris", "supported")]),
+        ("The capital of France is", "Lyon .", [("France", "Lyon", "contradicted")]),
+        ("France's capital is Paris. The capital of Brazil is", "Rio .", [("Brazil", "Rio", "contradicted")]),
+        ("Tell me", "The capital of France is Paris.", [("France", "Paris", "supported")]),
+        ("The capital of France is Paris.", "Hello.", []),  # the prompt's claim is not the model's
+    ],
+)
+def test_a_response_is_read_with_its_prompt(verifier: KBVerifier, prompt: str, response: str, claims: list) -> None:
+    found = verifier.extract_claims(response, prompt)
+    assert [(c.subject, c.object, c.verdict.status) for c in found] == claims
+    for claim in found:
+        assert response[slice(*claim.object_span)] == claim.object  # spans count in the response
+
+
+def test_claim_policies_rewrite_the_response_not_its_prompt(verifier: KBVerifier) -> None:
+    records = [{"id": 1, "prompt": "The capital of France is", "prediction": "Lyon . France is in Europe."}]
+    assert verifier.apply_claim_policy(records, "correct")[0]["prediction"] == "Paris . France is in Europe."
+    assert verifier.apply_claim_policy(records, "abstain")[0]["prediction"] == "France is in Europe."
