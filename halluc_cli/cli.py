@@ -100,9 +100,19 @@ class _HeldStderr:
 
     def one_line(self) -> str:
         """Hydra's report as one line, without its hint about HYDRA_FULL_ERROR (--debug says it)."""
-        lines = [line.strip() for line in self.release().splitlines()]
-        kept = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
-        return "; ".join(kept)
+        parts: list[str] = []
+        listing = False  # inside "Available options in 'mitigation':" and its one-word lines
+        for line in (line.strip() for line in self.release().splitlines()):
+            if line.startswith("Config search path"):
+                break  # where Hydra looked: --debug shows it
+            if not line or "HYDRA_FULL_ERROR" in line:
+                continue
+            if listing and " " not in line:
+                parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+                continue
+            listing = line.endswith(":")
+            parts.append(line)
+        return "; ".join(parts)
 
 
 @dataclass

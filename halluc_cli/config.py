@@ -324,24 +324,46 @@ class TrainConfig:
 
 @dataclass
 class FreezeConfig:
-    """Which parameters fine-tuning trains (`conf/freeze/`); read by `halluc_cli.training.freeze`.
+    """Which parameters fine-tuning trains (`conf/finetune/freeze/`); read by `halluc_cli.training.freeze`.
 
-    Keys apply to the strategies named in their comments; setting one for another strategy
-    is rejected when the strategy is applied.
+    This schema is that of the strategies without settings (none, embeddings, head_only); the
+    others extend it, so a key of another strategy (`freeze=layers freeze.rank=4`) fails when
+    the config is composed.
     """
 
     name: str = "none"  # none | embeddings | layers | head_only | gradual | lora
-    # layers: N trains the last N blocks, -N the first N, or a list of block indices ([0, 3])
+
+
+@dataclass
+class LayersFreezeConfig(FreezeConfig):
+    """freeze=layers: only the chosen blocks (and parts) train."""
+
+    name: str = "layers"
+    # N trains the last N blocks, -N the first N, or a list of block indices ([0, 3])
     trainable_layers: Any = None
-    # layers: only these parts inside the chosen blocks (GPT-2: attn, mlp; Llama: self_attn...); empty: all
+    # only these parts inside the chosen blocks (GPT-2: attn, mlp; Llama: self_attn...); empty: all
     trainable_modules: list[str] = field(default_factory=list)
-    # layers: also train these: head, embeddings, final_norm, or any module name (lm_head, transformer.wpe)
+    # also train these: head, embeddings, final_norm, or any module name (lm_head, transformer.wpe)
     extra_modules: list[str] = field(default_factory=list)
-    unfreeze_every: int = positive(100)  # gradual: one more block (from the top) every this many steps
-    rank: int = positive(8)  # lora: adapter rank r
-    alpha: float = bounded(16.0, 0.0, low_open=True)  # lora: scaling alpha (updates scaled by alpha / rank)
-    dropout: float = fraction(0.0, high_open=True)  # lora: dropout on the adapter input
-    target_modules: list[str] = field(default_factory=list)  # lora: layers to adapt; empty: peft's defaults
+
+
+@dataclass
+class GradualFreezeConfig(FreezeConfig):
+    """freeze=gradual: the output layer first, then one more block from the top at a time."""
+
+    name: str = "gradual"
+    unfreeze_every: int = positive(100)  # steps between unfreezing one more block
+
+
+@dataclass
+class LoraFreezeConfig(FreezeConfig):
+    """freeze=lora: LoRA adapters (peft); the model itself stays frozen."""
+
+    name: str = "lora"
+    rank: int = positive(8)  # adapter rank r
+    alpha: float = bounded(16.0, 0.0, low_open=True)  # scaling alpha (updates scaled by alpha / rank)
+    dropout: float = fraction(0.0, high_open=True)  # dropout on the adapter input
+    target_modules: list[str] = field(default_factory=list)  # layers to adapt; empty: peft's defaults
 
 
 @dataclass
@@ -400,21 +422,21 @@ class FinetuneConfig:
 
     ckpt: str = MISSING  # a pretrain run dir (or its checkpoint/ dir)
     data: Any = MISSING
-    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    freeze: Any = MISSING  # conf/finetune/freeze/: one schema per strategy
     # After training: answer the test sets with the best (early-stopping point) and the
     # final weights and score them, so each run dir carries its scores (sweeps need no script).
     eval_after: bool = True
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mitigation: Any = MISSING  # conf/mitigation/: none | clean (data cleaning before training)
+    mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
     seed: int = 0
     resume: str = "auto"
 
 
 @dataclass
 class MitigationConfig:
-    """A hallucination mitigation (`conf/mitigation/`); `name` picks it, `none` applies nothing."""
+    """A hallucination mitigation (`conf/<command>/mitigation/`); `name` picks it, `none` applies nothing."""
 
     name: str = "none"
 
@@ -523,6 +545,9 @@ def register_configs() -> None:
     store.store(name="schema_data_corpus", node=CorpusConfig)
     store.store(name="schema_kb", node=KBConfig)
     store.store(name="schema_freeze", node=FreezeConfig)
+    store.store(name="schema_freeze_layers", node=LayersFreezeConfig)
+    store.store(name="schema_freeze_gradual", node=GradualFreezeConfig)
+    store.store(name="schema_freeze_lora", node=LoraFreezeConfig)
     store.store(name="schema_data_kbqa", node=KBQAConfig)
     store.store(name="schema_data_labelled", node=LabelledConfig)
     store.store(name="schema_mitigation_none", node=MitigationConfig)

@@ -117,10 +117,10 @@ def test_misspelled_clean_key_fails_at_composition(lstm_run: Path, tmp_path: Pat
 def test_kb_verify_belongs_to_score_and_clean_to_finetune(lstm_run: Path, tmp_path: Path) -> None:
     result = finetune(tmp_path / "ft", lstm_run, "mitigation=kb_verify")
     assert result.exit_code == 2
-    assert "mitigation=kb_verify applies to predictions: use it with halluc score" in result.stderr
+    assert "Could not find 'mitigation/kb_verify'; Available options in 'mitigation': clean, none" in result.stderr
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text(json.dumps({"id": "1", "question": "q", "prediction": "Paris", "answer": "Paris",
                                        "known": True, "abstained": False}) + "\n")
     result = run_cli("score", f"predictions={predictions}", "mitigation=clean", f"hydra.run.dir={tmp_path / 'score'}")
     assert result.exit_code == 2
-    assert "mitigation=clean cleans fine-tuning data: use it with halluc finetune" in result.stderr
+    assert "Could not find 'mitigation/clean'; Available options in 'mitigation': kb_verify, none" in result.stderr

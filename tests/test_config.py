@@ -18,29 +18,20 @@ PRIMARY = {
     "generate": ["ckpt=some/run"],
     "score": ["predictions=some.jsonl"],
 }
-# Groups that only another command reads, and that command's primary config.
-PRIMARY_FOR_GROUP = {
-    "freeze": "finetune",
-    "kb": "score",
-    "mitigation": "score",
-    "decoding": "generate",
-    **{f"{command}/experiment": command for command in PRIMARY},
-}
-# Files of a shared group that another command reads (score verifies, finetune cleans and
-# fine-tunes on labelled text).
-PRIMARY_FOR_FILE = {
-    "mitigation/clean.yaml": "finetune",
-    "data/labelled.yaml": "finetune",
-    "data/kb_statements.yaml": "finetune",
-}
+# Shared groups that only another command reads, and that command's primary config.
+# (conf/<command>/<group>/ is that command's own: finetune's freeze and mitigation, ...)
+PRIMARY_FOR_GROUP = {"kb": "score", "decoding": "generate"}
 # The values a data file leaves to the user.
-REQUIRED_FOR_FILE = {"data/text.yaml": ["data.train=[some.txt]"], "data/labelled.yaml": ["data.train=some.csv"]}
+REQUIRED_FOR_FILE = {
+    "pretrain/data/text.yaml": ["data.train=[some.txt]"],
+    "finetune/data/labelled.yaml": ["data.train=some.csv"],
+}
 # Every YAML file under conf/, so a new one cannot slip past this test uncomposed.
 ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob("*.yaml"))
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 44, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 45, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str], with_hydra: bool = False):
@@ -49,26 +40,40 @@ def _compose(name: str, overrides: list[str], with_hydra: bool = False):
         return compose(config_name=name, overrides=overrides, return_hydra_config=with_hydra)
 
 
-def _overrides_for(path: str) -> list[str]:
+def _primary_and_overrides(path: str) -> tuple[str, list[str]]:
+    """The command whose config composes `path`, and the overrides that select it."""
     group, _, option = path.removesuffix(".yaml").rpartition("/")
-    if group in ("", "hydra/help"):
-        return []
-    if group.endswith("/experiment"):  # conf/<command>/experiment/: that command's experiments
-        return [f"experiment={option}"]
-    return [f"{group}={option}"]
+    if group == "":
+        return option, []
+    command, _, own_group = group.partition("/")
+    if command in PRIMARY:  # conf/<command>/<group>/: that command's own option
+        return command, [f"{own_group}={option}"]
+    if group == "hydra/help":
+        return "pretrain", []
+    return PRIMARY_FOR_GROUP.get(group, "pretrain"), [f"{group}={option}"]
 
 
 @pytest.mark.parametrize("path", ALL_CONFIGS)
 def test_each_config_file_composes_and_resolves(path: str) -> None:
-    overrides = _overrides_for(path) + REQUIRED_FOR_FILE.get(path, [])
-    group, _, option = path.removesuffix(".yaml").rpartition("/")
-    primary = option if group == "" else PRIMARY_FOR_FILE.get(path, PRIMARY_FOR_GROUP.get(group, "pretrain"))
-    cfg = _compose(primary, overrides + PRIMARY[primary])
+    primary, overrides = _primary_and_overrides(path)
+    cfg = _compose(primary, overrides + REQUIRED_FOR_FILE.get(path, []) + PRIMARY[primary])
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     if primary == "pretrain":
         assert resolved["model"]["name"] in ("lstm", "transformer")
-    if group in ("freeze", "mitigation"):
-        assert resolved[group]["name"] == option
+    group, _, option = path.removesuffix(".yaml").rpartition("/")
+    if group.endswith(("freeze", "mitigation")):
+        assert resolved[group.rpartition("/")[2]]["name"] == option
+
+
+def test_each_command_refuses_the_options_of_another() -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not find 'mitigation/kb_verify'"):
+        _compose("finetune", ["ckpt=some/run", "mitigation=kb_verify"])
+    with pytest.raises(ConfigCompositionException, match="Could not find 'mitigation/clean'"):
+        _compose("score", ["predictions=some.jsonl", "mitigation=clean"])
+    with pytest.raises(ConfigCompositionException, match="Could not find 'data/labelled'"):
+        _compose("pretrain", ["data=labelled"])
+    with pytest.raises(ConfigCompositionException, match="Could not find 'data/text'"):
+        _compose("finetune", ["ckpt=some/run", "data=text"])
 
 
 def test_finetune_mitigation_defaults_to_none_and_clean_is_typed() -> None:

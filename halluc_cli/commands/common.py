@@ -67,7 +67,9 @@ def _check_resumable(saved_config: Path, cfg: DictConfig, sections: tuple[str, .
     saved = OmegaConf.load(saved_config)
     for section in sections:
         before, now = _leaves(_plain(saved.get(section)), section), _leaves(_plain(cfg[section]), section)
-        for key in sorted(before.keys() | now.keys()):
+        # A different family (model.name) says the most; then a setting both runs have.
+        telling = lambda key: (not key.endswith(".name"), key not in before or key not in now, key)  # noqa: E731
+        for key in sorted(before.keys() | now.keys(), key=telling):
             if before.get(key) != now.get(key):
                 raise UserError(
                     f"the run dir's checkpoint was trained with {key}={before.get(key)}, not {now.get(key)}; "

@@ -85,11 +85,6 @@ def _check_settings(cfg: DictConfig) -> None:
     if cfg.task not in FIELDS:
         raise UserError(f"task={cfg.task} is not a scoring task; use task=qa, classification or freetext")
     name = cfg.mitigation.name
-    if name == "clean":
-        raise UserError(
-            "mitigation=clean cleans fine-tuning data: use it with halluc finetune; "
-            "halluc score takes mitigation=none or kb_verify"
-        )
     if name not in MITIGATIONS:
         raise UserError(f"mitigation={name} does not apply to halluc score; use mitigation=none or kb_verify")
     if name == "kb_verify" and cfg.task == "classification":

@@ -1,8 +1,8 @@
-"""Mitigations that act on the fine-tuning data (`conf/mitigation/`, `halluc finetune`).
+"""Mitigations that act on the fine-tuning data (`conf/finetune/mitigation/`, `halluc finetune`).
 
 `prepare_finetune_set` turns the fine-tuning set into the one the model trains on:
 `none` keeps it, `clean` runs the data cleaning of `clean.py`. `kb_verify` acts on
-predictions, so it belongs to `halluc score` (`halluc_cli/scoring/verify.py`).
+predictions, so it is `halluc score`'s (`conf/score/mitigation/`, `halluc_cli/scoring/verify.py`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,11 @@ FINETUNE_MITIGATIONS: dict[str, tuple[Callable[[DictConfig], None], Callable[...
     "none": (lambda cfg: None, _keep),
     "clean": (check_clean_config, clean_finetune_set),
 }
-SCORE_MITIGATIONS = ("kb_verify",)
 
 
 def check_finetune_mitigation(cfg: DictConfig) -> None:
     """Reject a mitigation `halluc finetune` cannot apply, or bad settings of one, at the start."""
-    name = cfg.name
-    if name in SCORE_MITIGATIONS:
-        raise UserError(
-            f"mitigation={name} applies to predictions: use it with halluc score; "
-            "halluc finetune takes mitigation=none or clean"
-        )
+    name = cfg.name  # a user's own conf/finetune/mitigation/ file may name anything
     if name not in FINETUNE_MITIGATIONS:
         raise UserError(f"unknown mitigation {name!r} for halluc finetune; use mitigation=none or clean")
     check, _ = FINETUNE_MITIGATIONS[name]

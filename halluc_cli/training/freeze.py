@@ -1,4 +1,4 @@
-"""Frozen-layer strategies for fine-tuning; `conf/freeze/<name>.yaml` picks one by `name`.
+"""Frozen-layer strategies for fine-tuning; `conf/finetune/freeze/<name>.yaml` picks one by `name`.
 
 A strategy decides which parameters train by setting `requires_grad`, through the model
 interface's handles (input embeddings, ordered blocks, output head), so one strategy works
@@ -13,11 +13,10 @@ and training the head trains the embeddings. Each strategy says so in its `notes
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
@@ -61,10 +60,6 @@ class ModelParts:
 
 class FreezeStrategy:
     """Base: every parameter trains. Subclasses pick a subset in `setup`."""
-
-    # The FreezeConfig keys this strategy reads; any other key set away from its default is
-    # rejected, so `freeze=lora freeze.trainable_layers=2` fails instead of silently doing nothing.
-    uses: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: FreezeConfig) -> None:
         self.cfg = cfg
@@ -121,7 +116,6 @@ class HeadOnly(FreezeStrategy):
 class TrainableLayers(FreezeStrategy):
     """freeze=layers: chosen blocks (optionally only some of their parts) and extra modules."""
 
-    uses = ("trainable_layers", "trainable_modules", "extra_modules")
 
     def setup(self, model: LanguageModel) -> None:
         parts = ModelParts.of(model)
@@ -146,7 +140,6 @@ class GradualUnfreezing(FreezeStrategy):
     top block first; after all blocks, the embeddings, and from then on everything trains.
     """
 
-    uses = ("unfreeze_every",)
 
     def setup(self, model: LanguageModel) -> None:
         every = self.cfg.unfreeze_every
@@ -188,7 +181,6 @@ class LoRA(FreezeStrategy):
     weights (a plain Hugging Face checkpoint) and the adapter in `adapter/`.
     """
 
-    uses = ("rank", "alpha", "dropout", "target_modules")
 
     def setup(self, model: LanguageModel) -> None:
         if not isinstance(model, TransformerLanguageModel):
@@ -255,25 +247,11 @@ def apply_freeze(model: LanguageModel, cfg: FreezeConfig) -> FreezeStrategy:
     """Freeze `model` as `cfg` says (LoRA wraps `model.hf`) and return the strategy."""
     if cfg.name not in STRATEGIES:
         raise UserError(f"unknown freeze {cfg.name!r}; choose one of {', '.join(STRATEGIES)}")
-    strategy_class = STRATEGIES[cfg.name]
-    _reject_unused_keys(cfg, strategy_class)
-    strategy = strategy_class(cfg)
+    strategy = STRATEGIES[cfg.name](cfg)
     strategy.setup(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"freeze={cfg.name} with these settings leaves no parameter trainable")
     return strategy
-
-
-def _reject_unused_keys(cfg: FreezeConfig, strategy_class: type[FreezeStrategy]) -> None:
-    defaults = FreezeConfig()
-    for key in (f.name for f in dataclasses.fields(FreezeConfig)):
-        if key == "name" or key in strategy_class.uses:
-            continue
-        if _plain(getattr(cfg, key)) != getattr(defaults, key):
-            users = [name for name, cls in STRATEGIES.items() if key in cls.uses]
-            raise UserError(
-                f"freeze.{key} has no effect with freeze={cfg.name}; drop it (it is for freeze={'/'.join(users)})"
-            )
 
 
 def _train_only(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -332,9 +332,7 @@ def test_choices_are_rejected_by_the_schema() -> None:
             clean_cfg(**settings)
 
 
-def test_finetune_refuses_score_and_unknown_mitigations() -> None:
-    with pytest.raises(UserError, match="mitigation=kb_verify applies to predictions: use it with halluc score"):
-        check_finetune_mitigation(OmegaConf.create({"name": "kb_verify", "policy": "flag"}))
+def test_finetune_refuses_unknown_mitigations() -> None:
     with pytest.raises(UserError, match="unknown mitigation 'scrub'"):
         check_finetune_mitigation(OmegaConf.create({"name": "scrub"}))
     check_finetune_mitigation(OmegaConf.create({"name": "none"}))

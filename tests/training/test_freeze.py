@@ -8,11 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from halluc_cli.config import CONF_DIR
-from halluc_cli.config import FreezeConfig, LSTMConfig, TokenizerConfig, TransformerConfig, register_configs
+from halluc_cli.config import (
+    CONF_DIR,
+    FreezeConfig,
+    GradualFreezeConfig,
+    LayersFreezeConfig,
+    LoraFreezeConfig,
+    LSTMConfig,
+    TokenizerConfig,
+    TransformerConfig,
+    register_configs,
+)
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.models import build_model, count_parameters, load_model
@@ -59,7 +69,7 @@ def _final_norm(model) -> set[int]:
     return _ids(model) - _ids(*model.blocks(), *_embeddings(model), model.output_head())
 
 
-# What each strategy (with its conf/freeze/ defaults) trains, from the model interface's handles.
+# What each strategy (with its conf/finetune/freeze/ defaults) trains, from the model interface's handles.
 EXPECTED = {
     "none": lambda m: _ids(m),
     "embeddings": lambda m: _ids(m) - _ids(*_embeddings(m)),
@@ -71,10 +81,11 @@ EXPECTED = {
 
 
 def _freeze_config(name: str, *overrides: str):
-    """conf/freeze/<name>.yaml as Hydra composes it (a DictConfig, as the finetune command gets it)."""
+    """conf/finetune/freeze/<name>.yaml as Hydra composes it (a DictConfig, as the finetune command gets it)."""
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(overrides=[f"+freeze={name}", *(f"freeze.{o}" for o in overrides)]).freeze
+        overrides = ["ckpt=some/run", f"freeze={name}", *(f"freeze.{o}" for o in overrides)]
+        return compose(config_name="finetune", overrides=overrides).freeze
 
 
 def _train(model, strategy: FreezeStrategy, tokenizer, steps: int = 3) -> None:
@@ -130,7 +141,7 @@ def test_strategy_trains_exactly_its_parameters(strategy: str, model_name: str, 
 
 def test_lora_on_the_lstm_is_a_clear_error(tokenizer) -> None:
     with pytest.raises(UserError, match="freeze=lora needs model=transformer.*freeze=layers or freeze=none"):
-        apply_freeze(_model("lstm", tokenizer), FreezeConfig(name="lora"))
+        apply_freeze(_model("lstm", tokenizer), LoraFreezeConfig())
 
 
 @pytest.mark.parametrize("model_name", ["lstm", "gpt2-tied", "llama"])
@@ -141,7 +152,7 @@ def test_lora_on_the_lstm_is_a_clear_error(tokenizer) -> None:
 )
 def test_layers_selects_blocks(model_name: str, layers, blocks: list[int], tokenizer) -> None:
     model = _model(model_name, tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="layers", trainable_layers=layers))
+    strategy = apply_freeze(model, LayersFreezeConfig(trainable_layers=layers))
     expected = _ids(*(model.blocks()[i] for i in blocks))
     _check_trains_exactly(model, strategy, tokenizer, expected)
 
@@ -152,7 +163,7 @@ def test_layers_selects_blocks(model_name: str, layers, blocks: list[int], token
 )
 def test_trainable_modules_narrows_to_named_parts(model_name: str, part: str, child: str, tokenizer) -> None:
     model = _model(model_name, tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="layers", trainable_layers=[0, 2], trainable_modules=[part]))
+    strategy = apply_freeze(model, LayersFreezeConfig(trainable_layers=[0, 2], trainable_modules=[part]))
     blocks = model.blocks()
     expected = {id(p) for i in (0, 2) for name, p in blocks[i].named_parameters() if name.startswith(part + ".")}
     assert expected and _ids(*(getattr(blocks[i], child) for i in (0, 2))) >= expected
@@ -165,20 +176,20 @@ def test_command_line_overrides_reach_the_strategy(tokenizer) -> None:
     apply_freeze(model, cfg)
     trained = {name.split(".")[3] for name, p in model.named_parameters() if p.requires_grad and ".h." in name}
     assert trained == {"0", "2"} and model.output_head().weight.requires_grad
-    with pytest.raises(UserError, match="freeze.rank has no effect with freeze=layers"):
-        apply_freeze(_model("lstm", tokenizer), _freeze_config("layers", "rank=4"))
+    with pytest.raises(ConfigCompositionException, match="Could not override 'freeze.rank'"):
+        _freeze_config("layers", "rank=4")
 
 
 def test_trainable_modules_on_the_lstm_names_its_weights(tokenizer) -> None:
     model = _model("lstm", tokenizer)
-    apply_freeze(model, FreezeConfig(name="layers", trainable_layers=1, trainable_modules=["weight_hh_l0"]))
+    apply_freeze(model, LayersFreezeConfig(trainable_layers=1, trainable_modules=["weight_hh_l0"]))
     assert [name for name, p in model.named_parameters() if p.requires_grad] == ["layers.2.weight_hh_l0"]
 
 
 @pytest.mark.parametrize("model_name", ["lstm", "gpt2-tied", "llama"])
 def test_extra_modules_add_the_head_and_more(model_name: str, tokenizer) -> None:
     model = _model(model_name, tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="layers", trainable_layers=1, extra_modules=["head"]))
+    strategy = apply_freeze(model, LayersFreezeConfig(trainable_layers=1, extra_modules=["head"]))
     expected = _ids(model.blocks()[2], model.output_head())
     _check_trains_exactly(model, strategy, tokenizer, expected)
 
@@ -195,12 +206,12 @@ def test_extra_modules_add_the_head_and_more(model_name: str, tokenizer) -> None
 )
 def test_extra_modules_by_name(model_name: str, extra: list[str], expected_names: set[str], tokenizer) -> None:
     model = _model(model_name, tokenizer)
-    apply_freeze(model, FreezeConfig(name="layers", trainable_layers=0, extra_modules=extra))
+    apply_freeze(model, LayersFreezeConfig(trainable_layers=0, extra_modules=extra))
     assert {name for name, p in model.named_parameters() if p.requires_grad} == expected_names
 
 
-def _layers(**keys) -> FreezeConfig:
-    return FreezeConfig(name="layers", trainable_layers=1, **keys)
+def _layers(**keys) -> LayersFreezeConfig:
+    return LayersFreezeConfig(trainable_layers=1, **keys)
 
 
 def test_unknown_block_part_lists_the_parts_that_exist(tokenizer) -> None:
@@ -231,19 +242,19 @@ def test_unknown_extra_module_lists_the_names_that_exist(tokenizer) -> None:
 def test_bad_trainable_layers(value, message: str, tokenizer) -> None:
     for name in ("lstm", "llama"):
         with pytest.raises(UserError, match=message):
-            apply_freeze(_model(name, tokenizer), FreezeConfig(name="layers", trainable_layers=value))
+            apply_freeze(_model(name, tokenizer), LayersFreezeConfig(trainable_layers=value))
 
 
 def test_nothing_trainable_is_an_error(tokenizer) -> None:
     with pytest.raises(UserError, match="leaves no parameter trainable"):
-        apply_freeze(_model("lstm", tokenizer), FreezeConfig(name="layers", trainable_layers=0))
+        apply_freeze(_model("lstm", tokenizer), LayersFreezeConfig(trainable_layers=0))
 
 
-def test_keys_of_another_strategy_are_rejected(tokenizer) -> None:
-    with pytest.raises(UserError, match="freeze.trainable_layers has no effect with freeze=lora; .*freeze=layers"):
-        apply_freeze(_model("llama", tokenizer), FreezeConfig(name="lora", trainable_layers=2))
-    with pytest.raises(UserError, match="freeze.rank has no effect with freeze=none"):
-        apply_freeze(_model("lstm", tokenizer), FreezeConfig(name="none", rank=4))
+def test_keys_of_another_strategy_are_rejected_at_composition() -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not override 'freeze.trainable_layers'"):
+        _freeze_config("lora", "trainable_layers=2")
+    with pytest.raises(ConfigCompositionException, match="Could not override 'freeze.rank'"):
+        _freeze_config("none", "rank=4")
 
 
 def test_unknown_strategy_lists_the_strategies(tokenizer) -> None:
@@ -254,7 +265,7 @@ def test_unknown_strategy_lists_the_strategies(tokenizer) -> None:
 @pytest.mark.parametrize("model_name", ["lstm", "gpt2-tied", "llama"])
 def test_gradual_unfreezes_one_block_every_k_steps_from_the_top(model_name: str, tokenizer) -> None:
     model = _model(model_name, tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="gradual", unfreeze_every=2))
+    strategy = apply_freeze(model, GradualFreezeConfig(unfreeze_every=2))
     blocks, head = model.blocks(), _ids(model.output_head())
     schedule = {}
     for step in range(11):
@@ -275,7 +286,7 @@ def test_gradual_leaves_blocks_untouched_until_unfrozen(model_name: str, tokeniz
     # The optimizer holds every parameter from the start; those still frozen get no gradient
     # and so no update and no weight decay.
     model = _model(model_name, tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="gradual", unfreeze_every=1))
+    strategy = apply_freeze(model, GradualFreezeConfig(unfreeze_every=1))
     before = _snapshot(model)
     _train(model, strategy, tokenizer, steps=3)  # steps 0, 1, 2: head, then blocks 2 and 1
     moved = _ids(model.output_head(), model.blocks()[2], model.blocks()[1]) | _final_norm(model)
@@ -296,7 +307,7 @@ def test_tied_weights_follow_the_embeddings(tokenizer) -> None:
 
 def _lora_model(tokenizer, rank: int = 4):
     model = _model("gpt2-tied", tokenizer)
-    strategy = apply_freeze(model, FreezeConfig(name="lora", rank=rank))
+    strategy = apply_freeze(model, LoraFreezeConfig(rank=rank))
     return model, strategy
 
 
@@ -311,11 +322,11 @@ def test_lora_counts_and_interface(tokenizer) -> None:
 
 def test_lora_target_modules_and_their_errors(tokenizer) -> None:
     model = _model("llama", tokenizer)
-    apply_freeze(model, FreezeConfig(name="lora", target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    apply_freeze(model, LoraFreezeConfig(target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     adapted = {name.split(".")[-4] for name, p in model.named_parameters() if p.requires_grad}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj"}
     with pytest.raises(UserError, match="target_modules=\\['qkv'\\].*linear layers: .*c_attn, c_fc, c_proj"):
-        apply_freeze(_model("gpt2-tied", tokenizer), FreezeConfig(name="lora", target_modules=["qkv"]))
+        apply_freeze(_model("gpt2-tied", tokenizer), LoraFreezeConfig(target_modules=["qkv"]))
 
 
 def test_lora_save_writes_a_merged_model_and_the_adapter(tokenizer, tmp_path: Path) -> None:
@@ -340,7 +351,7 @@ def test_lora_save_writes_a_merged_model_and_the_adapter(tokenizer, tmp_path: Pa
 
     # Resuming: the original base weights, fresh adapters, then the saved adapter restored.
     resumed = load_model(tmp_path / "base")
-    again = apply_freeze(resumed, FreezeConfig(name="lora", rank=4))
+    again = apply_freeze(resumed, LoraFreezeConfig(rank=4))
     again.restore(resumed, tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(resumed.eval()(ids)[0], live, rtol=1e-5, atol=1e-5)
