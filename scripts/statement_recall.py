@@ -1,0 +1,77 @@
+"""How many of the facts it read can a pretrained model complete from a statement prompt?
+
+For each pretraining run dir given (data=kbqa), every known fact of every relation is asked
+as the cloze of one statement template ("The capital of France is"), greedy, and judged as
+the SliCK probe judges (the object or one of its aliases, up to the template's stop). This is
+storage as the pretraining format shows it, apart from what QA fine-tuning can extract:
+
+    python scripts/statement_recall.py outputs/augmentation/pretrain/paraphrases_*
+    python scripts/statement_recall.py outputs/kbqa_unknown_sweep/pretrain --template 2
+
+prints, per run and relation, completed / asked facts (`--facts unknown`: the held-out side).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import torch
+import transformers
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from halluc_cli.config import CleanConfig
+from halluc_cli.data.kb import load_kb
+from halluc_cli.data.kbqa import QAExample, load_split
+from halluc_cli.data.tokenizer import load_tokenizer
+from halluc_cli.mitigation.clean import ModelAnswerer, answer_part, statement_prompts
+from halluc_cli.models import load_model
+from halluc_cli.scoring.metrics import is_correct
+
+
+def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]]:
+    """relation -> (facts completed, facts asked) for one pretraining run; `side`: the known
+    facts (read in pretraining) or the unknown ones (a check: never stated, rarely guessed)."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    split = load_split(run_dir)
+    subjects = set(split[side])
+    facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in split["relations"]]
+    model_dir = run_dir / "checkpoint"
+    answerer = ModelAnswerer(load_model(model_dir), load_tokenizer(model_dir), CleanConfig(), torch.device("cpu"))
+    asked, right = Counter(), Counter()
+    prompts, judged = [], []
+    for fact in facts:
+        statements = [cfg.data.kb.relations[fact.relation].statements[template]]
+        example = QAExample("", "", fact.object, list(fact.aliases), fact.subject, fact.relation, True, "")
+        for prompt in statement_prompts(example, statements):
+            prompts.append(prompt)
+            judged.append(fact)
+    for prompt, fact, answer in zip(prompts, judged, answerer.greedy([p.text for p in prompts])):
+        asked[fact.relation] += 1
+        right[fact.relation] += is_correct(answer_part(answer, prompt.stop), list(fact.surface_forms))
+    return {relation: (right[relation], asked[relation]) for relation in sorted(asked)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="pretraining run dirs (data=kbqa)")
+    parser.add_argument("--template", type=int, default=0, help="which statement template of each relation to ask")
+    parser.add_argument("--facts", choices=("known", "unknown"), default="known", help="which side of the split")
+    args = parser.parse_args()
+    transformers.utils.logging.disable_progress_bar()
+    table = Table(title=f"{args.facts} facts completed from statement template {args.template}")
+    table.add_column("run", overflow="fold")
+    results = {run: recall(run, args.template, args.facts) for run in args.runs}
+    relations = sorted({relation for result in results.values() for relation in result})
+    for relation in relations:
+        table.add_column(relation, justify="right")
+    for run, result in results.items():
+        table.add_row(str(run), *(f"{result[r][0]}/{result[r][1]}" if r in result else "-" for r in relations))
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

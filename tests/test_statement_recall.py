@@ -1,0 +1,27 @@
+"""scripts/statement_recall.py: every fact of the asked side is asked once, per relation."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from cli_helpers import import_script
+from halluc_cli.data.kb import load_kb
+from halluc_cli.data.kbqa import load_split
+
+
+def _facts_per_relation(run_dir: Path, side: str) -> Counter:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    split = load_split(run_dir)
+    subjects = set(split[side])
+    return Counter(f.relation for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in split["relations"])
+
+
+def test_each_fact_of_the_side_is_asked_once(transformer_run: Path) -> None:
+    script = import_script("statement_recall")
+    for side in ("known", "unknown"):
+        result = script.recall(transformer_run, template=0, side=side)
+        assert {relation: asked for relation, (_, asked) in result.items()} == _facts_per_relation(transformer_run, side)
+        assert all(0 <= right <= asked for right, asked in result.values())
