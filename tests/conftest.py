@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cli_helpers import pretrain
+from slurm_cluster import SlurmCluster, unavailable_reason
 
 @pytest.fixture(scope="session")
 def lstm_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -24,6 +28,24 @@ def transformer_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "transformer"
     pretrain(run_dir, "model=transformer")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """A single-node SLURM cluster on this machine (partition debug), up for the whole session;
+    tests that use it are skipped where slurm-wlm and munge are not installed."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's tmp dirs: munged wants every user to reach its socket's folder.
+    with tempfile.TemporaryDirectory(prefix="halluc-slurm-") as root:
+        os.chmod(root, 0o755)
+        cluster = SlurmCluster(Path(root))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 # A KB of made-up countries and one relation, for a model that knows half of its facts.
