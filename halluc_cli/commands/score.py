@@ -31,7 +31,8 @@ def run(cfg: DictConfig) -> None:
     _check_settings(cfg)
     if cfg.runs is not None:
         sweep = gather_sweep(cfg)
-        write_sweep(sweep, start_run(cfg))
+        run_dir = start_run(cfg)
+        write_sweep(sweep, run_dir)
         return
     files = read_prediction_files(cfg.predictions, cfg.task, cfg.questions)
     verifier = None if cfg.task == "classification" else kb_verifier(cfg)
