@@ -1,4 +1,7 @@
-"""A run dir while a command uses it: one run at a time, and nothing left by a failed start.
+"""A run dir: what it holds, and one run at a time in it.
+
+The names below are the run dir's layout, spelled here only: every module that reads or
+writes a run dir's file takes its name from this module.
 
 Hydra creates the run dir before the command starts; `commands.common.start_run` then
 `claim`s it: a lock that a second run into the same dir cannot take, and a note of whether the
@@ -16,8 +19,45 @@ from filelock import FileLock, Timeout
 
 from halluc_cli.errors import UserError
 
+# --- every command's run dir
+CONFIG_FILE = "config.yaml"  # the run's resolved config (start_run)
+HYDRA_DIR = ".hydra"  # Hydra's own record of how the run was launched
 LOCK_FILE = ".lock"  # held (an OS lock, gone with the process) while a run writes the dir
-TRAINED = ("checkpoint", "best")  # what a run has once it trained: never removed
+
+# --- a training run's (pretrain, finetune)
+CHECKPOINT_DIR = "checkpoint"  # the latest weights and training state: what a resume continues
+BEST_DIR = "best"  # the weights of the lowest validation loss (early stopping)
+METRICS_FILE = "metrics.jsonl"  # one line per evaluation during training
+SUMMARY_FILE = "summary.json"  # the headline numbers of a finished run
+TRAINED = (CHECKPOINT_DIR, BEST_DIR)  # what a run has once it trained: never removed
+
+# --- pretrain's
+TOKENS_DIR = "tokens"  # the tokenized splits and the tokenizer that made them
+SPLIT_FILE = "kb_split.json"  # data=kbqa: which subjects the corpus states (known) and which not
+
+# --- finetune's
+QA_DIR = "qa"  # the QA sets, qa/<set>.jsonl
+CLEAN_FILE = "finetune_clean.jsonl"  # mitigation=clean: the cleaned fine-tuning set, in qa/
+CLEANING_REPORT_FILE = "cleaning_report.json"  # mitigation=clean: what each cleaning step did
+EVAL_DIR = "eval"  # eval/<point>/: the test answers of one set of weights and their scores
+# eval point -> the weights it answers with: Gekhman et al.'s early-stopping point and the
+# end of training.
+EVAL_WEIGHTS = {"early_stop": BEST_DIR, "final": CHECKPOINT_DIR}
+EVAL_POINTS = tuple(EVAL_WEIGHTS)
+
+# --- generate's and score's (and finetune's, in eval/<point>/)
+PREDICTIONS_FILE = "predictions.jsonl"  # one prediction record a line
+SCORES_FILE = "scores.json"  # the metrics of the predictions
+SWEEP_SUMMARY_FILE = "summary.csv"  # score runs=: a row per group of seeds and eval point
+SWEEP_RUNS_FILE = "runs.csv"  # score runs=: a row per run
+
+
+def verified_predictions_file(index: int, files: int) -> str:
+    """Where score mitigation=kb_verify writes the verified records of its `index`th of `files`
+    prediction files: predictions_verified.jsonl for one, predictions_verified_<index>.jsonl
+    for several."""
+    return "predictions_verified.jsonl" if files == 1 else f"predictions_verified_{index}.jsonl"
+
 
 _claimed: dict[Path, FileLock] = {}
 _fresh: set[Path] = set()  # claimed dirs that were empty: a failed start removes what it wrote

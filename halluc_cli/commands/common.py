@@ -1,4 +1,4 @@
-"""Steps every command shares: its run dir, resolved config, seeding, resume, summary table."""
+"""Steps every command shares: its run dir, resolved config, seeding, resume, the model it loads."""
 
 from __future__ import annotations
 
@@ -9,18 +9,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from rich.console import Console
-from rich.table import Table
 
 from halluc_cli import rundir
+from halluc_cli.console import console
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_text, complete_dir
 from halluc_cli.models import LanguageModel, count_parameters
 from halluc_cli.models.base import FAMILY_FILE
 from halluc_cli.training.checkpoint import find_checkpoint
 from halluc_cli.training.distributed import shared_run_dir
-
-console = Console(soft_wrap=True)
 
 
 def start_run(cfg: DictConfig, accelerator: Accelerator | None = None, kept_on_resume: tuple[str, ...] = ()) -> Path:
@@ -42,9 +39,9 @@ def start_run(cfg: DictConfig, accelerator: Accelerator | None = None, kept_on_r
         set_seed(cfg.seed)
     if main:
         rundir.claim(run_dir)
-        if kept_on_resume and str(cfg.resume).lower() != "false" and find_checkpoint(run_dir / "checkpoint"):
-            _check_resumable(run_dir / "config.yaml", cfg, kept_on_resume)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        if kept_on_resume and str(cfg.resume).lower() != "false" and find_checkpoint(run_dir / rundir.CHECKPOINT_DIR):
+            _check_resumable(run_dir / rundir.CONFIG_FILE, cfg, kept_on_resume)
+        atomic_write_text(run_dir / rundir.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
         _write_hydra_record(run_dir)
     console.print(f"[bold]run dir[/bold] {run_dir}", highlight=False)
     return run_dir
@@ -54,7 +51,7 @@ def _write_hydra_record(run_dir: Path) -> None:
     """What Hydra itself writes to `.hydra/` (the run's hydra settings and its overrides), so a
     run dir records how it was launched; halluc's resolved config is `config.yaml` beside it."""
     hydra_cfg = HydraConfig.get()
-    record = run_dir / ".hydra"
+    record = run_dir / rundir.HYDRA_DIR
     atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
     atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
@@ -94,7 +91,7 @@ def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
     mode = str(resume).lower()
     if mode not in ("auto", "true", "false"):
         raise UserError(f"resume must be auto, true or false, got {resume!r}")
-    found = find_checkpoint(run_dir / "checkpoint")
+    found = find_checkpoint(run_dir / rundir.CHECKPOINT_DIR)
     if mode == "true" and found is None:
         raise UserError(
             f"resume=true but {run_dir} holds no checkpoint; set hydra.run.dir=<the run dir to continue>"
@@ -105,7 +102,7 @@ def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
     return None
 
 
-def resolve_run(path: str, weights: str = "checkpoint") -> tuple[Path, Path]:
+def resolve_run(path: str, weights: str = rundir.CHECKPOINT_DIR) -> tuple[Path, Path]:
     """(run dir, model dir) from a run dir (its `weights` dir: checkpoint or best) or a model dir."""
     given = Path(path)
     if (given / FAMILY_FILE).is_file():
@@ -128,13 +125,3 @@ def describe_model(model: LanguageModel, notes: list[str] = ()) -> None:
     )
     for note in notes:
         console.print(f"  note: {note}", highlight=False)
-
-
-def print_table(title: str, rows: dict[str, Any]) -> None:
-    """A two-column rich table of a run's results."""
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in rows.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)

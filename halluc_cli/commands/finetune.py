@@ -18,20 +18,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.commands.generate import PREDICTIONS_FILE, answer_questions, qa_format
-from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, resolve_run, start_run
+from halluc_cli import rundir
+from halluc_cli.commands.common import checkpoint_to_resume, describe_model, resolve_run, start_run
 from halluc_cli.config import KBQAConfig, LabelledConfig
-from halluc_cli.data.kbqa import (
-    QA_SETS,
-    QAExample,
-    build_qa_sets,
-    format_prompt,
-    load_split,
-    read_qa_file,
-    write_qa_sets,
-)
+from halluc_cli.console import print_table
 from halluc_cli.data.kb import load_kb
+from halluc_cli.data.kbqa import QA_SETS, build_qa_sets, load_split
 from halluc_cli.data.labelled import LABELLED_SETS, build_labelled_sets, check_label_words
+from halluc_cli.data.qa import QAExample, format_prompt, qa_format, read_qa_file, write_qa_sets
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
@@ -39,16 +33,13 @@ from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
 from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import count_parameters, load_model
+from halluc_cli.predictions import answer_questions
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze
 from halluc_cli.training.loop import Trainer
-
-
-# Where each set of weights' test answers go: the early-stopping point and the end of training.
-EVAL_NAMES = {"best": "early_stop", "checkpoint": "final"}
 
 
 # prediction records -> (scores.json, headline numbers for the summary)
@@ -164,7 +155,7 @@ def run(cfg: DictConfig) -> None:
 
     # The main process writes the sets (and cleans them) first; the others then read them back.
     with accelerator.main_process_first():
-        qa_sets = _qa_sets(cfg, kind, pretrain_dir, tokenizer, run_dir / "qa")
+        qa_sets = _qa_sets(cfg, kind, pretrain_dir, tokenizer, run_dir / rundir.QA_DIR)
         # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
         finetune_set = prepare_finetune_set(
             cfg, qa_sets["finetune"], model, tokenizer, accelerator.device, run_dir, resuming=resume_from is not None
@@ -200,7 +191,7 @@ def run(cfg: DictConfig) -> None:
     if cfg.eval_after and accelerator.is_main_process:
         summary.update(evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device))
     if accelerator.is_main_process:
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
         print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
 
 
@@ -215,14 +206,15 @@ def evaluate_tests(
     """Answer the test sets with the best and the final weights, and score them.
 
     Gekhman et al. compare the early-stopping point with convergence: Unknown examples are
-    nearly harmless at the first and hurt at the second. Writes eval/<weights>/ with
-    predictions.jsonl and scores.json; returns the headline rates for the summary.
+    nearly harmless at the first and hurt at the second. Writes eval/<point>/ (early_stop:
+    the best weights, final: the last) with predictions.jsonl and scores.json; returns the
+    headline rates for the summary.
     """
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in kind.tests for example in qa_sets[name]]
     score = kind.scorer(cfg)
     headline: dict[str, float] = {}
-    for weights in ("best", "checkpoint"):
+    for point, weights in rundir.EVAL_WEIGHTS.items():
         model_dir = complete_dir(run_dir / weights)
         if model_dir is None:
             continue
@@ -230,10 +222,10 @@ def evaluate_tests(
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
         records = answer_questions(decoder, examples, template, abstain_phrase)
         scores, rates = score(records)
-        out_dir = run_dir / "eval" / EVAL_NAMES[weights]
-        atomic_write_jsonl(out_dir / PREDICTIONS_FILE, records)
-        atomic_write_json(out_dir / "scores.json", scores)
-        headline.update({f"{EVAL_NAMES[weights]}_{name}": value for name, value in rates.items()})
+        out_dir = run_dir / rundir.EVAL_DIR / point
+        atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)
+        atomic_write_json(out_dir / rundir.SCORES_FILE, scores)
+        headline.update({f"{point}_{name}": value for name, value in rates.items()})
     return headline
 
 

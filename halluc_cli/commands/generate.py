@@ -5,25 +5,22 @@ validate -> load the model -> read questions or prompts -> batched decoding -> p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from halluc_cli.commands.common import print_table, resolve_run, start_run
-from halluc_cli.config import KBQAConfig
-from halluc_cli.data.kbqa import QAExample, read_qa_file
-from halluc_cli.data.labelled import is_labelled
-from halluc_cli.data.normalize import normalize_text
+from halluc_cli.commands.common import resolve_run, start_run
+from halluc_cli.console import print_table
+from halluc_cli.data.qa import QAExample, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.models import load_model
+from halluc_cli.predictions import answer_questions
+from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator
-
-PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def run(cfg: DictConfig) -> None:
@@ -52,34 +49,14 @@ def run(cfg: DictConfig) -> None:
 
 def _qa_format(cfg: DictConfig, source_dir: Path) -> tuple[str, str]:
     """The prompt template and abstain phrase: given, else the training run's, else the defaults."""
-    run_config = source_dir / "config.yaml"
+    run_config = source_dir / CONFIG_FILE
     data = OmegaConf.load(run_config).get("data", {}) if run_config.is_file() else {}
     return qa_format(data, cfg.prompt_template, cfg.abstain_phrase)
 
 
-def qa_format(
-    data: Mapping[str, Any], prompt_template: str | None = None, abstain_phrase: str | None = None
-) -> tuple[str, str]:
-    """The prompt template and abstain phrase: given, else the data config's, else the
-    defaults (labelled data has no abstain phrase). The template must take {question} alone."""
-    defaults = KBQAConfig()
-    template = prompt_template or data.get("prompt_template") or defaults.prompt_template
-    abstain = abstain_phrase or data.get("abstain_phrase") or defaults.abstain_phrase
-    try:
-        template.format(question="")
-    except (KeyError, IndexError, ValueError) as error:
-        raise UserError(
-            f"prompt_template {template!r} does not format ({type(error).__name__}: {error}); write "
-            "{question} where the question (labelled data: the text) goes, and {{ }} for literal braces"
-        ) from error
-    if "{question}" not in template:
-        raise UserError(f"prompt_template {template!r} has no {{question}} placeholder")
-    return template, abstain
-
-
 def _questions(names: list[str] | None, source_dir: Path) -> list[QAExample]:
     """QA examples from the run's sets (by name; None: its test sets) or from JSONL files (by path)."""
-    qa_dir = source_dir / "qa"
+    qa_dir = source_dir / QA_DIR
     if names is None:
         names = sorted(path.stem for path in qa_dir.glob("test*.jsonl"))
         if not names:
@@ -109,34 +86,6 @@ def _read_prompts(path: Path) -> list[str]:
     if not prompts:
         raise UserError(f"prompts={path} holds no prompt")
     return prompts
-
-
-def answer_questions(
-    decoder: Decoder, examples: list[QAExample], prompt_template: str, abstain_phrase: str
-) -> list[dict[str, Any]]:
-    """Prediction records for QA examples, decoded in batches."""
-    answers = decoder.generate([prompt_template.format(question=e.question) for e in examples])
-    return [_prediction(e, outputs, abstain_phrase) for e, outputs in zip(examples, answers)]
-
-
-def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> dict[str, Any]:
-    """DESIGN.md's prediction record (plus subject and relation for scoring by relation, and
-    for labelled text the label)."""
-    prediction = outputs[0]
-    return {
-        "id": example.id,
-        "question": example.question,
-        "prediction": prediction,
-        "answer": example.answer,
-        "aliases": example.aliases,
-        "known": example.known,
-        "abstained": normalize_text(prediction) == normalize_text(abstain_phrase),
-        "subject": example.subject,
-        "relation": example.relation,
-        # what halluc score task=classification compares the prediction with
-        **({"label": example.answer} if is_labelled(example) else {}),
-        **({"samples": outputs} if len(outputs) > 1 else {}),
-    }
 
 
 def _overview(records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,18 +12,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.commands.common import checkpoint_to_resume, describe_model, print_table, start_run
+from halluc_cli.commands.common import checkpoint_to_resume, describe_model, start_run
+from halluc_cli.console import print_table
 from halluc_cli.data.corpus import load_corpus, load_token_arrays, tokenize_corpus
 from halluc_cli.data.kbqa import save_split
 from halluc_cli.data.tokenizer import check_coverage, load_tokenizer, train_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
+from halluc_cli.rundir import SUMMARY_FILE, TOKENS_DIR
 from halluc_cli.training.batches import TokenStream
 from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.loop import Trainer
-
-TOKENS_DIR = "tokens"  # the tokenized splits and the tokenizer that made them
 
 
 def run(cfg: DictConfig) -> None:
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> None:
         "seconds": result.seconds,
     }
     if accelerator.is_main_process:
-        atomic_write_json(run_dir / "summary.json", summary)
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
         print_table(f"pretrain {model.family}: {run_dir}", summary)
 
 

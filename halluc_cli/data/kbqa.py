@@ -15,32 +15,17 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from halluc_cli.config import KBQAConfig, UnknownNames
 from halluc_cli.data.kb import Fact, KnowledgeBase, load_kb
+from halluc_cli.data.qa import QAExample, format_prompt
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from halluc_cli.io import atomic_write_json
+from halluc_cli.rundir import SPLIT_FILE
 
-SPLIT_FILE = "kb_split.json"
 QA_SETS = ("finetune", "valid", "test_known", "test_unknown")
-
-
-@dataclass
-class QAExample:
-    """One question about one fact (DESIGN.md's QA format); labelled text (`labelled.py`)
-    takes the same form, its text as the question and its label word as the answer."""
-
-    id: str
-    question: str
-    answer: str
-    aliases: list[str]
-    subject: str
-    relation: str
-    known: bool | None  # None: labelled text, no fact the pretraining corpus could have stated
-    split: str
 
 
 def load_facts(cfg: KBQAConfig) -> KnowledgeBase:
@@ -221,11 +206,6 @@ def _example(fact: Fact, known: bool, split: str, index: int, cfg: KBQAConfig, r
     return QAExample(f"{split}-{index}", question, answer, aliases, fact.subject, fact.relation, known, split)
 
 
-def format_prompt(cfg: KBQAConfig, question: str) -> str:
-    """The text the model is given before its answer."""
-    return cfg.prompt_template.format(question=question)
-
-
 def save_split(run_dir: Path, split: dict[str, list[str]]) -> None:
     """Record which subjects the pretraining corpus covered."""
     atomic_write_json(run_dir / SPLIT_FILE, split)
@@ -243,23 +223,3 @@ def load_split(pretrain_dir: Path) -> dict[str, list[str]]:
     if not {"known", "unknown", "relations"} <= set(split):
         raise UserError(f"{path} lacks known/unknown/relations; pretrain that run again with this version")
     return split
-
-
-def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:
-    """Each set as `<name>.jsonl` in `directory`."""
-    for name, examples in sets.items():
-        atomic_write_jsonl(directory / f"{name}.jsonl", (asdict(example) for example in examples))
-
-
-def read_qa_file(path: Path) -> list[QAExample]:
-    """QA examples from a JSONL file, each line checked for the fields of the QA format."""
-    fields = set(QAExample.__dataclass_fields__)
-    examples = []
-    for number, record in read_jsonl(path):
-        missing = fields - set(record)
-        if missing:
-            raise UserError(f"{path} line {number}: missing field(s) {', '.join(sorted(missing))} of a QA example")
-        examples.append(QAExample(**{key: record[key] for key in fields}))
-    if not examples:
-        raise UserError(f"{path} holds no QA examples")
-    return examples

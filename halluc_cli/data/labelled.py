@@ -22,7 +22,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import LabelledConfig
-from halluc_cli.data.kbqa import QAExample
+from halluc_cli.data.qa import QAExample
 from halluc_cli.errors import UserError
 from halluc_cli.io import read_jsonl
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.data.kbqa import QAExample
+from halluc_cli.data.qa import QAExample
 from halluc_cli.errors import UserError
 from halluc_cli.mitigation.clean import check_clean_config, clean_finetune_set
 from halluc_cli.models import LanguageModel

@@ -1,6 +1,6 @@
 """Data cleaning of the fine-tuning set (`mitigation=clean`), run by `halluc finetune` before training.
 
-Steps, in this order, each switchable in `conf/mitigation/clean.yaml` and each returning
+Steps, in this order, each switchable in `conf/finetune/mitigation/clean.yaml` and each returning
 (kept examples, report entry) where the entry counts what it removed or changed and why:
 
 1. `normalize_examples`: tidy whitespace in questions, answers and aliases, drop aliases
@@ -12,23 +12,8 @@ Steps, in this order, each switchable in `conf/mitigation/clean.yaml` and each r
 4. `drop_conflicts`: drop every example of a fact (subject and relation, else the question)
    whose examples disagree on the answer: which label is right cannot be told.
 5. `act_on_unknown`: SliCK (Gekhman et al. 2024). The pretrained model itself is asked each
-   fact (`slick_categories`), and the examples in `unknown_categories` are dropped or
+   fact (`halluc_cli/probe.py`), and the examples in `unknown_categories` are dropped or
    relabelled to the abstain phrase (`unknown_action: idk`, R-Tuning).
-
-SliCK as done here. A fact is asked with several prompts, which stand in for SliCK's
-several few-shot exemplar sets: `prompts: statements` (default) completes each of the
-relation's statement templates that ends in the object ("The capital of France is"), the
-form a model pretrained on KB statements has seen; `prompts: questions` puts each of the
-relation's question templates in `data.prompt_template` after `shots` solved exemplars of
-other facts of the relation (SliCK's own few-shot probe, for models that answer questions).
-P(T=0) is the share of the prompts whose greedy answer is correct, P(T>0) the share of
-`num_samples` answers per prompt sampled at `temperature` (SliCK: T=0.5) that are:
-  HighlyKnown  P(T=0) = 1         MaybeKnown   0 < P(T=0) < 1
-  WeaklyKnown  P(T=0) = 0 < P(T>0) Unknown     P(T=0) = P(T>0) = 0
-An answer is cut at the first line break or at the text that follows the answer in its
-prompt form (the template's "." after {object}; the "Q:" that starts a next exemplar) and
-judged with `is_correct` against the answer, its aliases and the KB's forms. An example
-already labelled with the abstain phrase (data.unknown_label=idk) is judged against the KB.
 
 `clean_finetune_set` runs the steps, writes the cleaned set to `run_dir/qa/finetune_clean.jsonl`
 (the QA fields + `slick_category`, `p_correct_greedy`, `p_correct_sample`) and
@@ -39,36 +24,35 @@ are left as they are: they measure, and must stay comparable across mitigations.
 from __future__ import annotations
 
 import json
-import random
-import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.commands.common import console
-from halluc_cli.config import CleanConfig, DecodingConfig
+from halluc_cli.config import CleanConfig
+from halluc_cli.console import console, print_note, print_warning
 from halluc_cli.data.kb import KnowledgeBase, load_kb
-from halluc_cli.data.kbqa import QAExample, read_qa_file
 from halluc_cli.data.normalize import normalize_text
-from halluc_cli.decoding import Decoder
+from halluc_cli.data.qa import QAExample, abstains, fact_key, read_qa_file
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl
 from halluc_cli.models import LanguageModel
-from halluc_cli.scoring.metrics import is_correct
-
-CLEAN_FILE = "finetune_clean.jsonl"  # in run_dir/qa/
-REPORT_FILE = "cleaning_report.json"  # in run_dir/
-
-HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
-CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
-_OBJECT, _SUBJECT = "{object}", "{subject}"
+from halluc_cli.probe import (
+    CATEGORIES,
+    Answerer,
+    Knowledge,
+    ModelAnswerer,
+    build_probes,
+    gold_answers,
+    slick_categories,
+)
+from halluc_cli.rundir import CLEAN_FILE, CLEANING_REPORT_FILE, QA_DIR
 
 Step = tuple[list[QAExample], dict[str, Any]]
 
@@ -176,7 +160,7 @@ def drop_kb_contradictions(examples: Sequence[QAExample], kb: KnowledgeBase, abs
     tally = Counter({"supported": 0, "unverifiable": 0, "abstention": 0})
     for example in examples:
         kb_forms = kb.objects(example.subject, example.relation) if example.subject and example.relation else set()
-        if _abstains(example, abstain_phrase):
+        if abstains(example, abstain_phrase):
             tally["abstention"] += 1
         elif not kb_forms:
             tally["unverifiable"] += 1
@@ -197,7 +181,7 @@ def drop_conflicts(examples: Sequence[QAExample], abstain_phrase: str) -> Step:
     log = _Log("drop_conflicts", len(examples))
     groups: dict[tuple[str, str], list[QAExample]] = defaultdict(list)
     for example in examples:
-        groups[_fact_key(example)].append(example)
+        groups[fact_key(example)].append(example)
     conflicting: set[str] = set()
     for group in groups.values():
         forms = [_forms(example) for example in group]
@@ -218,219 +202,7 @@ def _forms(example: QAExample) -> set[str]:
     return {normalize_text(form) for form in (example.answer, *example.aliases)} - {""}
 
 
-def _abstains(example: QAExample, abstain_phrase: str) -> bool:
-    return normalize_text(example.answer) == normalize_text(abstain_phrase)
-
-
-def _fact_key(example: QAExample) -> tuple[str, str]:
-    if example.subject and example.relation:
-        return normalize_text(example.subject), example.relation
-    return "", normalize_text(example.question)
-
-
-# --- step 5: SliCK ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbePrompt:
-    """One way of asking a fact, and the text that ends an answer given to it."""
-
-    text: str
-    stop: str  # e.g. "." after a statement's object; "Q:" before a next few-shot question
-
-
-@dataclass(frozen=True)
-class Knowledge:
-    """SliCK's verdict on one fact: its category and the two P(correct) estimates."""
-
-    category: str
-    p_correct_greedy: float
-    p_correct_sample: float
-
-
-class Answerer(Protocol):
-    """Answers prompts: one greedy continuation each, or several samples each."""
-
-    def greedy(self, prompts: list[str]) -> list[str]: ...
-
-    def sample(self, prompts: list[str]) -> list[list[str]]: ...
-
-
-@dataclass
-class ModelAnswerer:
-    """An `Answerer` backed by a language model and the batched `Decoder`."""
-
-    model: LanguageModel
-    tokenizer: PreTrainedTokenizerBase
-    cfg: CleanConfig
-    device: torch.device = torch.device("cpu")
-    seed: int = 0
-
-    def greedy(self, prompts: list[str]) -> list[str]:
-        decoding = DecodingConfig(name="greedy", max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
-        return [outputs[0] for outputs in self._decoder(decoding).generate(self._texts(prompts))]
-
-    def sample(self, prompts: list[str]) -> list[list[str]]:
-        decoding = DecodingConfig(
-            name="sample",
-            temperature=self.cfg.temperature,
-            num_samples=self.cfg.num_samples,
-            max_new_tokens=self.cfg.max_new_tokens,
-            batch_size=self.cfg.batch_size,
-        )
-        return self._decoder(decoding).generate(self._texts(prompts))
-
-    def _texts(self, prompts: list[str]) -> list[str]:
-        # Each prompt starts as a line of the pretraining text does: after the token that
-        # separates documents (halluc's tokenizers: <eos>; GPT-2: <|endoftext|>; Llama: <s>).
-        start = self.tokenizer.bos_token or ""
-        return [start + prompt for prompt in prompts]
-
-    def _decoder(self, decoding: DecodingConfig) -> Decoder:
-        return Decoder(self.model.to(self.device), self.tokenizer, decoding, self.device, self.seed)
-
-
-def slick_category(p_correct_greedy: float, p_correct_sample: float) -> str:
-    """SliCK's category from P(correct) under greedy decoding (T=0) and sampling (T>0)."""
-    if p_correct_greedy >= 1:
-        return HIGHLY_KNOWN
-    if p_correct_greedy > 0:
-        return MAYBE_KNOWN
-    return WEAKLY_KNOWN if p_correct_sample > 0 else UNKNOWN
-
-
-def slick_categories(
-    probes: Sequence[Sequence[ProbePrompt]], golds: Sequence[Iterable[str]], answerer: Answerer
-) -> list[Knowledge]:
-    """SliCK's verdict on each fact, from its probe prompts and its accepted answers.
-
-    All prompts go to the answerer at once (one greedy and one sampling pass, batched).
-    """
-    if len(probes) != len(golds):
-        raise ValueError(f"{len(probes)} probes but {len(golds)} gold answer sets")
-    if any(not prompts for prompts in probes):
-        raise ValueError("every fact needs at least one probe prompt")
-    if not probes:
-        return []
-    flat = [prompt for prompts in probes for prompt in prompts]
-    greedy = answerer.greedy([prompt.text for prompt in flat])
-    samples = answerer.sample([prompt.text for prompt in flat])
-    verdicts, start = [], 0
-    for prompts, gold in zip(probes, golds):
-        gold = list(gold)
-        end = start + len(prompts)
-        right_greedy = [_judge(answer, prompt.stop, gold) for prompt, answer in zip(prompts, greedy[start:end])]
-        right_sampled = [
-            _judge(answer, prompt.stop, gold)
-            for prompt, answers in zip(prompts, samples[start:end])
-            for answer in answers
-        ]
-        p_greedy = sum(right_greedy) / len(right_greedy)
-        p_sample = sum(right_sampled) / len(right_sampled) if right_sampled else 0.0
-        verdicts.append(Knowledge(slick_category(p_greedy, p_sample), p_greedy, p_sample))
-        start = end
-    return verdicts
-
-
-def answer_part(continuation: str, stop: str) -> str:
-    """A continuation up to its first line break or `stop`; spaces inside `stop` are allowed
-    (a word tokenizer decodes "Q:" as "Q :") and a stop that starts with a letter must start a word."""
-    text = continuation.split("\n", 1)[0]
-    chars = [char for char in stop if not char.isspace()]
-    if chars:
-        pattern = r"\s*".join(re.escape(char) for char in chars)
-        if chars[0].isalnum():
-            pattern = r"(?<!\w)" + pattern
-        found = re.search(pattern, text)
-        if found:
-            text = text[: found.start()]
-    return text.strip()
-
-
-def _judge(answer: str, stop: str, gold: list[str]) -> bool:
-    # The whole continuation too: an object holding the stop ("St. Louis") is cut short by it.
-    return is_correct(answer_part(answer, stop), gold) or is_correct(answer, gold)
-
-
-def statement_prompts(example: QAExample, statements: Sequence[str]) -> list[ProbePrompt]:
-    """Cloze prompts: each statement template that names the subject before an object that
-    ends the sentence, cut before the object ("The capital of {subject} is {object}.")."""
-    prompts = []
-    for template in statements:
-        head, marker, tail = template.partition(_OBJECT)
-        if not marker or _SUBJECT not in head or any(char.isalnum() for char in tail):
-            continue
-        text = head.replace(_SUBJECT, example.subject).rstrip()
-        prompt = ProbePrompt(text, tail.strip())
-        if prompt not in prompts:
-            prompts.append(prompt)
-    return prompts
-
-
-def question_prompts(
-    example: QAExample,
-    questions: Sequence[str],
-    exemplars: Sequence[QAExample],
-    prompt_template: str,
-    shots: int,
-    rng: random.Random,
-) -> list[ProbePrompt]:
-    """Few-shot QA prompts: each question form (the relation's templates and the example's own
-    question), after `shots` solved exemplars about other facts, drawn from `exemplars`."""
-    forms = list(dict.fromkeys([*(q.replace(_SUBJECT, example.subject) for q in questions), example.question]))
-    others = [e for e in exemplars if _fact_key(e) != _fact_key(example)]
-    marker = prompt_template.partition("{question}")[0].strip() or "\n"
-    prompts = []
-    for question in forms:
-        chosen = rng.sample(others, min(shots, len(others)))
-        solved = [prompt_template.format(question=e.question) + " " + e.answer for e in chosen]
-        prompts.append(ProbePrompt("\n".join([*solved, prompt_template.format(question=question)]), marker))
-    return prompts
-
-
-def build_probes(
-    examples: Sequence[QAExample], cfg: CleanConfig, data_cfg: DictConfig, seed: int
-) -> list[list[ProbePrompt]]:
-    """The probe prompts of each example, as `cfg.prompts` says."""
-    relations = data_cfg.kb.relations
-    if cfg.prompts == "statements":
-        probes = []
-        for example in examples:
-            templates = list(relations[example.relation].statements) if example.relation in relations else []
-            prompts = statement_prompts(example, templates)
-            if not prompts:
-                raise UserError(
-                    f"relation {example.relation!r} has no statement template with {{subject}} before an "
-                    "{object} that ends it, so the probe cannot ask it; add one under kb.relations or "
-                    "set mitigation.prompts=questions"
-                )
-            probes.append(prompts)
-        return probes
-    rng = random.Random(seed)
-    by_relation: dict[str, list[QAExample]] = defaultdict(list)
-    for example in examples:
-        if not _abstains(example, data_cfg.abstain_phrase):
-            by_relation[example.relation].append(example)
-    return [
-        question_prompts(
-            example,
-            list(relations[example.relation].questions) if example.relation in relations else [],
-            by_relation[example.relation],
-            data_cfg.prompt_template,
-            cfg.shots,
-            rng,
-        )
-        for example in examples
-    ]
-
-
-def gold_answers(example: QAExample, kb: KnowledgeBase, abstain_phrase: str) -> set[str]:
-    """What counts as a correct answer to the example's fact: its answer and aliases and the
-    KB's forms; for an example labelled with the abstain phrase, the KB's forms alone."""
-    kb_forms = {form for fact in kb.lookup(example.subject, example.relation) for form in fact.surface_forms}
-    if _abstains(example, abstain_phrase):
-        return kb_forms
-    return {example.answer, *example.aliases} | kb_forms
+# --- step 5: SliCK -------------------------------------------------------------------------
 
 
 def act_on_unknown(
@@ -452,7 +224,7 @@ def act_on_unknown(
             if action == "drop":
                 log.removed(example, f"SliCK {verdict.category}", **detail)
                 continue
-            if not _abstains(example, abstain_phrase):
+            if not abstains(example, abstain_phrase):
                 log.changed(example, [f"SliCK {verdict.category}, relabelled"], **detail)
                 example = replace(example, answer=abstain_phrase, aliases=[])
         kept.append(example)
@@ -538,11 +310,11 @@ def clean_finetune_set(
                     f"resuming on the set cleaned with {report.get('mitigation')}; "
                     "the mitigation settings now differ and are not applied (use a new run dir to apply them)"
                 )
-            print_note(f"cleaned set read back from {run_dir / 'qa' / CLEAN_FILE} ({len(kept)} examples)")
+            print_note(f"cleaned set read back from {run_dir / QA_DIR / CLEAN_FILE} ({len(kept)} examples)")
             return kept
     if resuming:
         raise UserError(
-            f"{run_dir} holds a checkpoint but no cleaned set ({'qa/' + CLEAN_FILE}): it was started without "
+            f"{run_dir} holds a checkpoint but no cleaned set ({QA_DIR}/{CLEAN_FILE}): it was started without "
             "mitigation=clean; resume it with its own settings or fine-tune into a new run dir"
         )
     kb = load_kb(cfg.data.kb.path)
@@ -562,7 +334,7 @@ def clean_finetune_set(
     print_report(report)
     if not kept:
         raise UserError(
-            f"cleaning left no fine-tuning example of {len(examples)} (see {run_dir / REPORT_FILE}); "
+            f"cleaning left no fine-tuning example of {len(examples)} (see {run_dir / CLEANING_REPORT_FILE}); "
             "set mitigation.unknown_action=idk, narrow mitigation.unknown_categories, or pretrain longer",
             keep_run_dir=True,
         )
@@ -582,14 +354,14 @@ def write_cleaned(
             p_correct_sample=verdict.p_correct_sample if verdict else None,
         )
         records.append(record)
-    atomic_write_json(run_dir / REPORT_FILE, report)
+    atomic_write_json(run_dir / CLEANING_REPORT_FILE, report)
     # The set last, and only a set to train on: its presence means the cleaning finished.
     if records:
-        atomic_write_jsonl(run_dir / "qa" / CLEAN_FILE, records)
+        atomic_write_jsonl(run_dir / QA_DIR / CLEAN_FILE, records)
 
 
 def _read_back(run_dir: Path) -> tuple[list[QAExample], dict[str, Any]] | None:
-    path, report_path = run_dir / "qa" / CLEAN_FILE, run_dir / REPORT_FILE
+    path, report_path = run_dir / QA_DIR / CLEAN_FILE, run_dir / CLEANING_REPORT_FILE
     if not (path.is_file() and report_path.is_file()):
         return None
     try:
@@ -599,7 +371,7 @@ def _read_back(run_dir: Path) -> tuple[list[QAExample], dict[str, Any]] | None:
     return read_qa_file(path), report
 
 
-# --- printing --------------------------------------------------------------------------------
+# --- printing ------------------------------------------------------------------------------
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -631,11 +403,3 @@ def print_report(report: dict[str, Any]) -> None:
     if slick["unprobed"]:
         table.add_row("(no gold answer)", str(slick["unprobed"]), "", "", "kept")
     console.print(table)
-
-
-def print_note(text: str) -> None:
-    console.print(text, highlight=False)
-
-
-def print_warning(text: str) -> None:
-    console.print(f"[yellow]warning[/yellow]: {text}", highlight=False)

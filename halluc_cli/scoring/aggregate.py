@@ -24,13 +24,20 @@ from omegaconf import OmegaConf
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
+from halluc_cli.rundir import (
+    BEST_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    EVAL_DIR,
+    EVAL_POINTS,
+    METRICS_FILE,
+    SCORES_FILE,
+    SUMMARY_FILE,
+)
 from halluc_cli.scoring.metrics import is_number, mean_interval
 
 # What tells runs apart, in table order; runs equal in all of these are seeds of one group.
 CHOICES = ("model", "paraphrases", "freeze", "mitigation", "unknown_label", "unknown_fraction")
-# The eval points finetune writes (eval/<point>/scores.json): Gekhman et al.'s early-stopping
-# point and the end of training.
-EVAL_POINTS = ("early_stop", "final")
 # Column name -> where the number sits in a scores.json (score_predictions output).
 METRICS: dict[str, tuple[str, ...]] = {
     "known_accuracy": ("by_known", "known", "accuracy"),
@@ -46,8 +53,6 @@ METRICS: dict[str, tuple[str, ...]] = {
 # Costs from summary.json, averaged over seeds like the metrics.
 COSTS = ("seconds", "trainable_parameters")
 STATS = ("mean", "low", "high")
-SUMMARY_FILE = "summary.csv"
-RUNS_FILE = "runs.csv"
 
 
 @dataclass
@@ -127,7 +132,7 @@ def with_verified_runs(
     """
     verified = []
     for run in sweep.runs:
-        scores = {point: verify(run.path / "eval" / point) for point in EVAL_POINTS if point in run.scores}
+        scores = {point: verify(run.path / EVAL_DIR / point) for point in EVAL_POINTS if point in run.scores}
         if scores:
             mitigation = f"{run.choices['mitigation']}+{label}"
             # the training curve is its twin's: drawn once
@@ -174,9 +179,9 @@ def find_run_dirs(spec: Any) -> list[Path]:
 
 
 def _is_run_dir(path: Path, started: bool = False) -> bool:
-    if not (path / "config.yaml").is_file():
+    if not (path / CONFIG_FILE).is_file():
         return False
-    marks = ("summary.json", "eval") + (("metrics.jsonl",) if started else ())
+    marks = (SUMMARY_FILE, EVAL_DIR) + ((METRICS_FILE,) if started else ())
     return any((path / mark).exists() for mark in marks)
 
 
@@ -212,14 +217,14 @@ def _spec_text(spec: Any) -> str:
 def read_run(path: Path) -> Run:
     """A finetune run dir's choices, scores, summary and training curve; `_Unreadable` when
     a file is malformed or the run is not a finished data=kbqa finetune run."""
-    config = _read_config(path / "config.yaml")
+    config = _read_config(path / CONFIG_FILE)
     data = config.get("data")
     if not isinstance(data, Mapping) or "unknown_fraction" not in data:
         raise _Unreadable("config.yaml has no data.unknown_fraction (not a data=kbqa finetune run)")
-    summary = _read_json(path / "summary.json") if (path / "summary.json").is_file() else {}
+    summary = _read_json(path / SUMMARY_FILE) if (path / SUMMARY_FILE).is_file() else {}
     scores = {}
     for point in EVAL_POINTS:
-        file = path / "eval" / point / "scores.json"
+        file = path / EVAL_DIR / point / SCORES_FILE
         if file.is_file():
             scores[point] = _read_json(file)
     if not summary and not scores:
@@ -236,7 +241,7 @@ def read_run(path: Path) -> Run:
     }
     seed = config.get("seed", 0)
     return Run(path, int(seed) if isinstance(seed, int) else 0, choices, scores, summary,
-               _read_curve(path / "metrics.jsonl"), {"freeze": freeze, "mitigation": mitigation})
+               _read_curve(path / METRICS_FILE), {"freeze": freeze, "mitigation": mitigation})
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -287,7 +292,7 @@ def _number(value: Any, key: str) -> float:
 
 def _model_family(path: Path, config: Mapping[str, Any]) -> str:
     """The family the run's checkpoint records, else its pretraining run's model.name."""
-    for weights in ("checkpoint", "best"):
+    for weights in (CHECKPOINT_DIR, BEST_DIR):
         found = complete_dir(path / weights)
         if found is not None and (found / FAMILY_FILE).is_file():
             try:
@@ -313,7 +318,7 @@ def _pretrain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(ckpt, str):
         return {}
     given = Path(ckpt)
-    for candidate in (given / "config.yaml", given.parent / "config.yaml"):
+    for candidate in (given / CONFIG_FILE, given.parent / CONFIG_FILE):
         if candidate.is_file():
             try:
                 return _read_config(candidate)

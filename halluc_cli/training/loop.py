@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
+from halluc_cli import rundir
 from halluc_cli.config import TrainConfig
 from halluc_cli.io import atomic_write_text
 from halluc_cli.models import LanguageModel
@@ -88,9 +89,9 @@ class Trainer:
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
         self.evaluators, self.on_step = evaluators, on_step
-        self.checkpoint_dir = run_dir / "checkpoint"
-        self.best_dir = run_dir / "best"
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.checkpoint_dir = run_dir / rundir.CHECKPOINT_DIR
+        self.best_dir = run_dir / rundir.BEST_DIR
+        self.metrics_path = run_dir / rundir.METRICS_FILE
         if parameters is None:
             parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(parameters, cfg)

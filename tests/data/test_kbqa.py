@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 
 from halluc_cli.config import CONF_DIR, KBQAConfig, check_settings, register_configs
 from halluc_cli.data.kb import load_kb
-from halluc_cli.data.kbqa import build_qa_sets, format_prompt, load_facts, render_corpus, split_subjects
+from halluc_cli.data.kbqa import build_qa_sets, load_facts, render_corpus, split_subjects
+from halluc_cli.data.qa import format_prompt
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError

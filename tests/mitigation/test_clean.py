@@ -12,32 +12,34 @@ from omegaconf import OmegaConf
 
 from halluc_cli.config import CleanConfig, KBConfig, KBQAConfig, RelationTemplates
 from halluc_cli.data.kb import Fact, KnowledgeBase
-from halluc_cli.data.kbqa import QAExample
+from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.mitigation import check_finetune_mitigation
 from halluc_cli.mitigation.clean import (
-    HIGHLY_KNOWN,
-    MAYBE_KNOWN,
-    UNKNOWN,
-    WEAKLY_KNOWN,
-    ModelAnswerer,
-    ProbePrompt,
     act_on_unknown,
-    answer_part,
-    build_probes,
     check_clean_config,
     clean_examples,
     deduplicate,
     drop_conflicts,
     drop_kb_contradictions,
     normalize_examples,
+)
+from halluc_cli.models import load_model
+from halluc_cli.probe import (
+    HIGHLY_KNOWN,
+    MAYBE_KNOWN,
+    UNKNOWN,
+    WEAKLY_KNOWN,
+    ModelAnswerer,
+    ProbePrompt,
+    answer_part,
+    build_probes,
     question_prompts,
     slick_categories,
     slick_category,
     statement_prompts,
 )
-from halluc_cli.models import load_model
 
 IDK = "I don't know"
 

@@ -1,0 +1,35 @@
+"""The console every command prints to, and the small printing helpers they share.
+
+One module below the commands, so the parts they compose (mitigation, scoring) print to
+the same console, which `commands.common.start_run` quiets on all processes but the main one.
+Training progress goes to stderr instead (`training/progress.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(soft_wrap=True)
+
+
+def print_table(title: str, rows: dict[str, Any]) -> None:
+    """A two-column rich table of a run's results."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
+def print_note(text: str) -> None:
+    """A line of plain text (no rich highlighting of numbers and paths)."""
+    console.print(text, highlight=False)
+
+
+def print_warning(text: str) -> None:
+    """A line starting with a yellow "warning:"."""
+    console.print(f"[yellow]warning[/yellow]: {text}", highlight=False)

@@ -1,0 +1,257 @@
+"""SliCK (Gekhman et al. 2024): what a model knows of each fact, asked with several prompts.
+
+`build_probes` makes each example's prompts, `gold_answers` what counts as right,
+`slick_categories` asks a model (an `Answerer`, e.g. `ModelAnswerer`) and sorts each fact
+into a category. `mitigation=clean` drops or relabels the unknown ones (`mitigation/clean.py`).
+
+SliCK as done here. A fact is asked with several prompts, which stand in for SliCK's
+several few-shot exemplar sets: `prompts: statements` (default) completes each of the
+relation's statement templates that ends in the object ("The capital of France is"), the
+form a model pretrained on KB statements has seen; `prompts: questions` puts each of the
+relation's question templates in `data.prompt_template` after `shots` solved exemplars of
+other facts of the relation (SliCK's own few-shot probe, for models that answer questions).
+P(T=0) is the share of the prompts whose greedy answer is correct, P(T>0) the share of
+`num_samples` answers per prompt sampled at `temperature` (SliCK: T=0.5) that are:
+  HighlyKnown  P(T=0) = 1         MaybeKnown   0 < P(T=0) < 1
+  WeaklyKnown  P(T=0) = 0 < P(T>0) Unknown     P(T=0) = P(T>0) = 0
+An answer is cut at the first line break or at the text that follows the answer in its
+prompt form (the template's "." after {object}; the "Q:" that starts a next exemplar) and
+judged with `is_correct` against the answer, its aliases and the KB's forms. An example
+already labelled with the abstain phrase (data.unknown_label=idk) is judged against the KB.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig
+from transformers import PreTrainedTokenizerBase
+
+from halluc_cli.config import CleanConfig, DecodingConfig
+from halluc_cli.data.kb import KnowledgeBase
+from halluc_cli.data.qa import QAExample, abstains, fact_key
+from halluc_cli.decoding import Decoder
+from halluc_cli.errors import UserError
+from halluc_cli.models import LanguageModel
+from halluc_cli.scoring.metrics import is_correct
+
+HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
+CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
+_OBJECT, _SUBJECT = "{object}", "{subject}"
+
+
+# --- what the probe asks, and what it finds ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbePrompt:
+    """One way of asking a fact, and the text that ends an answer given to it."""
+
+    text: str
+    stop: str  # e.g. "." after a statement's object; "Q:" before a next few-shot question
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """SliCK's verdict on one fact: its category and the two P(correct) estimates."""
+
+    category: str
+    p_correct_greedy: float
+    p_correct_sample: float
+
+
+class Answerer(Protocol):
+    """Answers prompts: one greedy continuation each, or several samples each."""
+
+    def greedy(self, prompts: list[str]) -> list[str]: ...
+
+    def sample(self, prompts: list[str]) -> list[list[str]]: ...
+
+
+@dataclass
+class ModelAnswerer:
+    """An `Answerer` backed by a language model and the batched `Decoder`."""
+
+    model: LanguageModel
+    tokenizer: PreTrainedTokenizerBase
+    cfg: CleanConfig
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+
+    def greedy(self, prompts: list[str]) -> list[str]:
+        decoding = DecodingConfig(name="greedy", max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
+        return [outputs[0] for outputs in self._decoder(decoding).generate(self._texts(prompts))]
+
+    def sample(self, prompts: list[str]) -> list[list[str]]:
+        decoding = DecodingConfig(
+            name="sample",
+            temperature=self.cfg.temperature,
+            num_samples=self.cfg.num_samples,
+            max_new_tokens=self.cfg.max_new_tokens,
+            batch_size=self.cfg.batch_size,
+        )
+        return self._decoder(decoding).generate(self._texts(prompts))
+
+    def _texts(self, prompts: list[str]) -> list[str]:
+        # Each prompt starts as a line of the pretraining text does: after the token that
+        # separates documents (halluc's tokenizers: <eos>; GPT-2: <|endoftext|>; Llama: <s>).
+        start = self.tokenizer.bos_token or ""
+        return [start + prompt for prompt in prompts]
+
+    def _decoder(self, decoding: DecodingConfig) -> Decoder:
+        return Decoder(self.model.to(self.device), self.tokenizer, decoding, self.device, self.seed)
+
+
+# --- the verdict: SliCK's categories -------------------------------------------------------
+
+
+def slick_category(p_correct_greedy: float, p_correct_sample: float) -> str:
+    """SliCK's category from P(correct) under greedy decoding (T=0) and sampling (T>0)."""
+    if p_correct_greedy >= 1:
+        return HIGHLY_KNOWN
+    if p_correct_greedy > 0:
+        return MAYBE_KNOWN
+    return WEAKLY_KNOWN if p_correct_sample > 0 else UNKNOWN
+
+
+def slick_categories(
+    probes: Sequence[Sequence[ProbePrompt]], golds: Sequence[Iterable[str]], answerer: Answerer
+) -> list[Knowledge]:
+    """SliCK's verdict on each fact, from its probe prompts and its accepted answers.
+
+    All prompts go to the answerer at once (one greedy and one sampling pass, batched).
+    """
+    if len(probes) != len(golds):
+        raise ValueError(f"{len(probes)} probes but {len(golds)} gold answer sets")
+    if any(not prompts for prompts in probes):
+        raise ValueError("every fact needs at least one probe prompt")
+    if not probes:
+        return []
+    flat = [prompt for prompts in probes for prompt in prompts]
+    greedy = answerer.greedy([prompt.text for prompt in flat])
+    samples = answerer.sample([prompt.text for prompt in flat])
+    verdicts, start = [], 0
+    for prompts, gold in zip(probes, golds):
+        gold = list(gold)
+        end = start + len(prompts)
+        right_greedy = [_judge(answer, prompt.stop, gold) for prompt, answer in zip(prompts, greedy[start:end])]
+        right_sampled = [
+            _judge(answer, prompt.stop, gold)
+            for prompt, answers in zip(prompts, samples[start:end])
+            for answer in answers
+        ]
+        p_greedy = sum(right_greedy) / len(right_greedy)
+        p_sample = sum(right_sampled) / len(right_sampled) if right_sampled else 0.0
+        verdicts.append(Knowledge(slick_category(p_greedy, p_sample), p_greedy, p_sample))
+        start = end
+    return verdicts
+
+
+def answer_part(continuation: str, stop: str) -> str:
+    """A continuation up to its first line break or `stop`; spaces inside `stop` are allowed
+    (a word tokenizer decodes "Q:" as "Q :") and a stop that starts with a letter must start a word."""
+    text = continuation.split("\n", 1)[0]
+    chars = [char for char in stop if not char.isspace()]
+    if chars:
+        pattern = r"\s*".join(re.escape(char) for char in chars)
+        if chars[0].isalnum():
+            pattern = r"(?<!\w)" + pattern
+        found = re.search(pattern, text)
+        if found:
+            text = text[: found.start()]
+    return text.strip()
+
+
+def _judge(answer: str, stop: str, gold: list[str]) -> bool:
+    # The whole continuation too: an object holding the stop ("St. Louis") is cut short by it.
+    return is_correct(answer_part(answer, stop), gold) or is_correct(answer, gold)
+
+
+# --- the prompts of a fact, and its right answers ------------------------------------------
+
+
+def statement_prompts(example: QAExample, statements: Sequence[str]) -> list[ProbePrompt]:
+    """Cloze prompts: each statement template that names the subject before an object that
+    ends the sentence, cut before the object ("The capital of {subject} is {object}.")."""
+    prompts = []
+    for template in statements:
+        head, marker, tail = template.partition(_OBJECT)
+        if not marker or _SUBJECT not in head or any(char.isalnum() for char in tail):
+            continue
+        text = head.replace(_SUBJECT, example.subject).rstrip()
+        prompt = ProbePrompt(text, tail.strip())
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts
+
+
+def question_prompts(
+    example: QAExample,
+    questions: Sequence[str],
+    exemplars: Sequence[QAExample],
+    prompt_template: str,
+    shots: int,
+    rng: random.Random,
+) -> list[ProbePrompt]:
+    """Few-shot QA prompts: each question form (the relation's templates and the example's own
+    question), after `shots` solved exemplars about other facts, drawn from `exemplars`."""
+    forms = list(dict.fromkeys([*(q.replace(_SUBJECT, example.subject) for q in questions), example.question]))
+    others = [e for e in exemplars if fact_key(e) != fact_key(example)]
+    marker = prompt_template.partition("{question}")[0].strip() or "\n"
+    prompts = []
+    for question in forms:
+        chosen = rng.sample(others, min(shots, len(others)))
+        solved = [prompt_template.format(question=e.question) + " " + e.answer for e in chosen]
+        prompts.append(ProbePrompt("\n".join([*solved, prompt_template.format(question=question)]), marker))
+    return prompts
+
+
+def build_probes(
+    examples: Sequence[QAExample], cfg: CleanConfig, data_cfg: DictConfig, seed: int
+) -> list[list[ProbePrompt]]:
+    """The probe prompts of each example, as `cfg.prompts` says."""
+    relations = data_cfg.kb.relations
+    if cfg.prompts == "statements":
+        probes = []
+        for example in examples:
+            templates = list(relations[example.relation].statements) if example.relation in relations else []
+            prompts = statement_prompts(example, templates)
+            if not prompts:
+                raise UserError(
+                    f"relation {example.relation!r} has no statement template with {{subject}} before an "
+                    "{object} that ends it, so the probe cannot ask it; add one under kb.relations or "
+                    "set mitigation.prompts=questions"
+                )
+            probes.append(prompts)
+        return probes
+    rng = random.Random(seed)
+    by_relation: dict[str, list[QAExample]] = defaultdict(list)
+    for example in examples:
+        if not abstains(example, data_cfg.abstain_phrase):
+            by_relation[example.relation].append(example)
+    return [
+        question_prompts(
+            example,
+            list(relations[example.relation].questions) if example.relation in relations else [],
+            by_relation[example.relation],
+            data_cfg.prompt_template,
+            cfg.shots,
+            rng,
+        )
+        for example in examples
+    ]
+
+
+def gold_answers(example: QAExample, kb: KnowledgeBase, abstain_phrase: str) -> set[str]:
+    """What counts as a correct answer to the example's fact: its answer and aliases and the
+    KB's forms; for an example labelled with the abstain phrase, the KB's forms alone."""
+    kb_forms = {form for fact in kb.lookup(example.subject, example.relation) for form in fact.surface_forms}
+    if abstains(example, abstain_phrase):
+        return kb_forms
+    return {example.answer, *example.aliases} | kb_forms

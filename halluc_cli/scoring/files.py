@@ -1,0 +1,76 @@
+"""Scores of prediction files (`halluc score predictions=...`).
+
+per file: (locate each question's fact; under kb_verify, verify the answers against the KB
+by the policy) -> metrics -> the scores.json record: each file's metrics and their mean
+and 95% interval over the files (seeds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from halluc_cli.data.kb import load_kb
+from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
+from halluc_cli.scoring.verify import KBVerifier, verification_summary
+
+
+def kb_verifier(cfg: DictConfig) -> KBVerifier:
+    """The verifier of `kb=`: its facts and the templates that locate a question's fact."""
+    return KBVerifier(load_kb(cfg.kb.path), OmegaConf.to_container(cfg.kb.relations), cfg.abstain_phrase)
+
+
+def score_file(
+    records: list[dict[str, Any]], cfg: DictConfig, verifier: KBVerifier | None
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """The metrics of one file and, under kb_verify, its verified records (no verifier:
+    classification, which needs no KB)."""
+    verify = cfg.mitigation.name == "kb_verify"
+    if verifier is None:
+        return classification_metrics(records), None
+    kb = verifier.kb
+    if cfg.task == "freetext":
+        if not verify:
+            return verifier.factscore(records), None
+        verified = verifier.apply_claim_policy(records, cfg.mitigation.policy)
+        return {"before": verifier.factscore(records), "after": verifier.factscore(verified)}, verified
+    records = _with_subjects(records, verifier)
+    if not verify:
+        return score_predictions(records, kb), None
+    verified = verifier.apply_policy(records, cfg.mitigation.policy)
+    metrics = {
+        "before": score_predictions(records, kb),
+        "after": score_predictions(verified, kb),
+        "verification": verification_summary(verified, kb),
+    }
+    return metrics, verified
+
+
+def _with_subjects(records: list[dict[str, Any]], verifier: KBVerifier) -> list[dict[str, Any]]:
+    """Records given the subject and relation their question names, when they lack them, so
+    that free questions count in by_relation and are verified once."""
+    located = []
+    for record in records:
+        found = None if record.get("relation") else verifier.locate(record)
+        located.append({**record, "subject": found[0], "relation": found[1]} if found else record)
+    return located
+
+
+def scores_record(cfg: DictConfig, per_file: list[dict[str, Any]]) -> dict[str, Any]:
+    """What scores.json holds: the task and mitigation, each file's entry, and the mean and
+    95% interval of every metric over the files."""
+    return {
+        "task": cfg.task,
+        "mitigation": OmegaConf.to_container(cfg.mitigation, resolve=True),
+        "seeds": len(per_file),
+        "interval": _interval_note(len(per_file)),
+        "mean": aggregate_seeds([entry["metrics"] for entry in per_file]),
+        "files": per_file,
+    }
+
+
+def _interval_note(seeds: int) -> str:
+    if seeds == 1:
+        return "one prediction file: each interval is the value itself (give several files for a 95% interval)"
+    return f"mean and 95% t-interval (low, high) over {seeds} prediction files"

@@ -1,0 +1,65 @@
+"""A sweep of finetune runs (`halluc score runs=...`): gathered, verified, written, drawn.
+
+find and read the runs (`aggregate.gather`) -> under kb_verify, each run again with its eval
+points' answers verified against the KB -> warnings for what was skipped -> (the command
+claims its run dir) -> summary.csv and runs.csv, the table, PNG plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from halluc_cli.console import console, print_note, print_warning
+from halluc_cli.predictions import read_predictions
+from halluc_cli.rundir import PREDICTIONS_FILE, SWEEP_RUNS_FILE, SWEEP_SUMMARY_FILE
+from halluc_cli.scoring import aggregate
+from halluc_cli.scoring.files import kb_verifier
+from halluc_cli.scoring.metrics import score_predictions
+from halluc_cli.scoring.tables import print_sweep
+from halluc_cli.scoring.verify import verification_summary
+
+
+def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
+    """Every run `cfg.runs` names, read and grouped (and, under kb_verify, its verified twin);
+    what was skipped, and why, printed as warnings."""
+    sweep = aggregate.gather(cfg.runs)
+    if cfg.mitigation.name == "kb_verify":
+        verify = _eval_point_verifier(cfg)
+        sweep = aggregate.with_verified_runs(sweep, verify, f"kb_verify({cfg.mitigation.policy})")
+    for path, why in sweep.skipped:
+        print_warning(f"skipped {path}: {why}")
+    for note in sweep.notes:
+        print_warning(note)
+    return sweep
+
+
+def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> None:
+    """summary.csv, runs.csv and the plots in `run_dir`, and the table on the console."""
+    from halluc_cli.scoring.plots import draw_plots  # matplotlib: imported only when plotting
+
+    aggregate.write_csv(run_dir / SWEEP_SUMMARY_FILE, aggregate.summary_rows(sweep.groups), aggregate.SUMMARY_COLUMNS)
+    aggregate.write_csv(run_dir / SWEEP_RUNS_FILE, aggregate.run_rows(sweep.runs), aggregate.RUN_COLUMNS)
+    print_sweep(sweep)
+    plots, notes = draw_plots(sweep, run_dir)
+    for name in (SWEEP_SUMMARY_FILE, SWEEP_RUNS_FILE):
+        console.print(f"[bold]wrote[/bold] {run_dir / name}", highlight=False)
+    for path in plots:
+        console.print(f"[bold]plot[/bold] {path}", highlight=False)
+    for note in notes:
+        print_note(f"no plot {note}")
+
+
+def _eval_point_verifier(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
+    """Scores of a finetune run's eval/<point>/ test answers after KB verification."""
+    verifier = kb_verifier(cfg)
+
+    def verify(point_dir: Path) -> dict[str, Any]:
+        records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
+        verified = verifier.apply_policy(records, cfg.mitigation.policy)
+        return {**score_predictions(verified, verifier.kb), "verification": verification_summary(verified, verifier.kb)}
+
+    return verify
