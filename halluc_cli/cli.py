@@ -100,19 +100,30 @@ class _HeldStderr:
 
     def one_line(self) -> str:
         """Hydra's report as one line, without its hint about HYDRA_FULL_ERROR (--debug says it)."""
+        lines = [line.strip() for line in self.release().splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+        if any(line.startswith("Traceback") for line in lines):
+            return _exception_line(lines[-1])  # raised while Hydra set the run up: the exception says it
+        if lines and lines[0].startswith("usage:"):
+            return lines[-1].partition(" error: ")[2] or lines[-1]  # the argument parser's own line
         parts: list[str] = []
         listing = False  # inside "Available options in 'mitigation':" and its one-word lines
-        for line in (line.strip() for line in self.release().splitlines()):
+        for line in lines:
             if line.startswith("Config search path"):
                 break  # where Hydra looked: --debug shows it
-            if not line or "HYDRA_FULL_ERROR" in line:
-                continue
             if listing and " " not in line:
                 parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
                 continue
             listing = line.endswith(":")
             parts.append(line)
         return "; ".join(parts)
+
+
+def _exception_line(line: str) -> str:
+    """The last line of a traceback; an OS error there is Hydra failing to create the run dir."""
+    kind = line.partition(":")[0]
+    if kind in ("NotADirectoryError", "FileExistsError", "PermissionError", "IsADirectoryError", "OSError"):
+        return f"the run dir cannot be created ({line}); choose another hydra.run.dir (hydra.sweep.dir with -m)"
+    return line
 
 
 @dataclass
@@ -196,8 +207,9 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
     try:
         main()
     except SystemExit as exit_:
-        # Hydra reports a config it cannot compose and exits with 1 before the task starts.
-        if exit_.code == 1 and not _TaskState.started:
+        # Hydra reports a config it cannot compose (exit 1), its argument parser a bad option
+        # (exit 2), before the task starts.
+        if exit_.code in (1, 2) and not _TaskState.started:
             _fail_before_start(held.one_line() if held else "")
         raise
     except Exception as error:  # Hydra's own rules on its arguments (-m with --cfg)

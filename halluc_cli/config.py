@@ -42,6 +42,8 @@ class Bounds:
     high_open: bool = False  # high itself is not allowed
 
     def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False  # no setting means infinity, and NaN compares false to everything
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         return above and below
@@ -92,7 +94,8 @@ def check_settings(cfg: DictConfig, prefix: str = "") -> None:
         if isinstance(value, DictConfig):
             check_settings(value, f"{prefix}{key}.")
         elif key in bounds and value is not None and not bounds[key].admits(value):
-            raise UserError(f"{prefix}{key}={value} is out of range: it must be {bounds[key].describe()}")
+            finite = "a finite number " if not math.isfinite(value) else ""
+            raise UserError(f"{prefix}{key}={value} is out of range: it must be {finite}{bounds[key].describe()}")
 
 
 class TokenizerKind(Choice):
@@ -120,8 +123,8 @@ class ModelConfig:
     """
 
     name: str = MISSING
-    hidden_dim: int = MISSING
-    num_layers: int = MISSING
+    hidden_dim: int = positive(MISSING)
+    num_layers: int = positive(MISSING)
     dropout: float = fraction(0.0, high_open=True)
     tie_weights: bool = False  # share input embedding and output layer weights
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -28,8 +28,8 @@ from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import load_split
 from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
-from halluc_cli.probe import ModelAnswerer, answer_part, statement_prompts
 from halluc_cli.models import load_model
+from halluc_cli.probe import ModelAnswerer, answer_part, statement_prompts
 from halluc_cli.scoring.metrics import is_correct
 
 

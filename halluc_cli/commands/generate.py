@@ -25,6 +25,10 @@ from halluc_cli.training.device import build_accelerator
 
 def run(cfg: DictConfig) -> None:
     """Write `predictions.jsonl` for the configured questions or prompts."""
+    if cfg.prompts and cfg.questions is not None:
+        raise UserError("give questions=<sets or QA files> or prompts=<text file>, not both")
+    if cfg.questions is not None and not cfg.questions:
+        raise UserError("questions=[] names no set; name sets (questions=[test_known]) or leave questions out")
     source_dir, model_dir = resolve_run(cfg.ckpt, cfg.weights)
     prompt_template, abstain_phrase = _qa_format(cfg, source_dir)
     examples = None if cfg.prompts else _questions(cfg.questions, source_dir)
@@ -82,7 +86,11 @@ def _questions(names: list[str] | None, source_dir: Path) -> list[QAExample]:
 def _read_prompts(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"prompts={path}: no such file (one prompt a line)")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"prompts={path}: not UTF-8 text ({error.reason}); save the file as UTF-8") from error
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError(f"prompts={path} holds no prompt")
     return prompts

@@ -63,6 +63,9 @@ def _load_files(cfg: CorpusConfig) -> dict[str, list[str]]:
     if len(files["train"]) == 1 and Path(files["train"][0]).is_dir():
         files = _split_dir(Path(files["train"][0]))
     given = {split: paths for split, paths in files.items() if paths}
+    empty = [path for paths in given.values() for path in paths if Path(path).stat().st_size == 0]
+    if empty:
+        raise UserError(f"corpus file is empty: {empty[0]}; point data.train / data.valid / data.test at text")
     loaded = datasets.load_dataset("text", data_files=given, keep_in_memory=True)
     return {split: list(loaded[split]["text"]) if split in loaded else [] for split in SPLITS}
 

@@ -106,11 +106,26 @@ class KnowledgeBase:
             raise UserError(f"{path}: not UTF-8 text ({e.reason}); save the file as UTF-8") from e
         if not facts:
             raise UserError(f"{path}: the file holds no facts ({_FIX})")
+        _check_one_object(facts, path)
         return cls(facts)
 
     def save_jsonl(self, path: str | os.PathLike[str]) -> None:
         """Write the facts as JSONL atomically: readers never see a half-written file."""
         atomic_write_jsonl(Path(path), (fact.to_dict() for fact in self.facts))
+
+
+def _check_one_object(facts: list[Fact], path: Path) -> None:
+    """Refuse a subject with two objects for one relation: its question would have two
+    answers, and a QA set would ask it once with each, one of them marked wrong."""
+    seen: dict[tuple[str, str], Fact] = {}
+    for fact in facts:
+        key = (normalize_text(fact.subject), fact.relation)
+        first = seen.setdefault(key, fact)
+        if normalize_text(first.object) != normalize_text(fact.object):
+            raise UserError(
+                f"{path}: {fact.subject!r} has two {fact.relation} objects, {first.object!r} and {fact.object!r}; "
+                "keep one fact and list the other form under its aliases"
+            )
 
 
 def _read_jsonl(path: Path) -> Iterator[Fact]:

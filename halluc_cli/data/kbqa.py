@@ -131,8 +131,10 @@ def _mentions(kb: KnowledgeBase, known: set[str], cfg: KBQAConfig) -> list[str]:
 
 def _mix_in(general_lines: list[str], fact_lines: int, ratio: float, rng: random.Random) -> list[str]:
     """General text so that it makes up `ratio` of the corpus lines."""
-    if ratio <= 0 or not general_lines:
+    if ratio <= 0:
         return []
+    if not general_lines:
+        raise UserError(f"data.general_ratio={ratio} mixes in general text, but data.general_text names none")
     wanted = round(fact_lines * ratio / (1 - ratio))
     usable = [line for line in general_lines if line.strip()]
     return [rng.choice(usable) for _ in range(wanted)]
