@@ -390,16 +390,24 @@ class DecodingName(Choice):
 
 @dataclass
 class DecodingConfig:
-    """How `generate` (and the data-cleaning probe) decodes (`conf/decoding/`)."""
+    """How `generate` (eval_after, the probe) decodes (`conf/decoding/`): greedy, one answer a
+    prompt. `SampleDecodingConfig` adds sampling's settings, so greedy refuses them."""
 
     name: DecodingName = DecodingName.greedy
-    temperature: float = bounded(1.0, 0.0, low_open=True)  # sample: softmax temperature
-    top_k: int = bounded(0, 0)  # sample: keep the k likeliest tokens (0: all)
-    top_p: float = bounded(1.0, 0.0, 1.0, low_open=True)  # sample: nucleus, keep the likeliest tokens up to this mass
-    num_samples: int = positive(1)  # continuations per prompt (sample only)
     max_new_tokens: int = positive(16)
     batch_size: int = positive(32)
     stop_at_newline: bool = True  # besides end-of-sequence
+
+
+@dataclass
+class SampleDecodingConfig(DecodingConfig):
+    """decoding=sample: `num_samples` continuations a prompt, drawn at `temperature`."""
+
+    name: DecodingName = DecodingName.sample
+    temperature: float = bounded(1.0, 0.0, low_open=True)  # softmax temperature
+    top_k: int = bounded(0, 0)  # keep the k likeliest tokens (0: all)
+    top_p: float = bounded(1.0, 0.0, 1.0, low_open=True)  # nucleus: the likeliest tokens up to this mass
+    num_samples: int = positive(1)  # continuations per prompt
 
 
 @dataclass
@@ -412,7 +420,7 @@ class GenerateConfig:
     # JSONL files; None: the run's test sets (qa/test*.jsonl)
     questions: Optional[list[str]] = None
     prompts: Optional[str] = None  # a text file, one prompt a line: free text instead of questions
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: Any = MISSING  # conf/decoding/: greedy | sample, a schema each
     device: DeviceConfig = field(default_factory=DeviceConfig)
     prompt_template: Optional[str] = None  # None: the fine-tuning run's data.prompt_template
     abstain_phrase: Optional[str] = None  # None: the fine-tuning run's data.abstain_phrase
@@ -429,7 +437,7 @@ class FinetuneConfig:
     # After training: answer the test sets with the best (early-stopping point) and the
     # final weights and score them, so each run dir carries its scores (sweeps need no script).
     eval_after: bool = True
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    decoding: Any = MISSING  # conf/decoding/: greedy | sample, a schema each
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
@@ -548,6 +556,8 @@ def register_configs() -> None:
     store.store(name="schema_data_corpus", node=CorpusConfig)
     store.store(name="schema_kb", node=KBConfig)
     store.store(name="schema_freeze", node=FreezeConfig)
+    store.store(name="schema_decoding_greedy", node=DecodingConfig)
+    store.store(name="schema_decoding_sample", node=SampleDecodingConfig)
     store.store(name="schema_freeze_layers", node=LayersFreezeConfig)
     store.store(name="schema_freeze_gradual", node=GradualFreezeConfig)
     store.store(name="schema_freeze_lora", node=LoraFreezeConfig)

@@ -29,19 +29,18 @@ class Decoder:
     seed: int = 0  # of the sampling generator
 
     def __post_init__(self) -> None:
-        if self.cfg.name == "greedy" and self.cfg.num_samples > 1:
-            raise UserError("greedy decoding gives one answer a prompt; set decoding=sample for decoding.num_samples > 1")
+        self.samples = self.cfg.num_samples if self.cfg.name == "sample" else 1  # continuations a prompt
         self.stop_ids = torch.tensor(sorted(_stop_token_ids(self.tokenizer, self.cfg.stop_at_newline)), device=self.device)
         self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
-        """`num_samples` continuations of each prompt, as text without the stop token."""
+        """`num_samples` continuations of each prompt (greedy: one), as text without the stop token."""
         ids = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-        repeated = [row for row in ids for _ in range(self.cfg.num_samples)]
+        repeated = [row for row in ids for _ in range(self.samples)]
         texts: list[str] = []
         for start in range(0, len(repeated), self.cfg.batch_size):
             texts.extend(self.generate_ids(repeated[start : start + self.cfg.batch_size]))
-        n = self.cfg.num_samples
+        n = self.samples
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     @torch.inference_mode()

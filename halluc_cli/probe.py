@@ -33,7 +33,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import CleanConfig, DecodingConfig
+from halluc_cli.config import CleanConfig, DecodingConfig, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
 from halluc_cli.decoding import Decoder
@@ -85,12 +85,11 @@ class ModelAnswerer:
     seed: int = 0
 
     def greedy(self, prompts: list[str]) -> list[str]:
-        decoding = DecodingConfig(name="greedy", max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
+        decoding = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
         return [outputs[0] for outputs in self._decoder(decoding).generate(self._texts(prompts))]
 
     def sample(self, prompts: list[str]) -> list[list[str]]:
-        decoding = DecodingConfig(
-            name="sample",
+        decoding = SampleDecodingConfig(
             temperature=self.cfg.temperature,
             num_samples=self.cfg.num_samples,
             max_new_tokens=self.cfg.max_new_tokens,

@@ -117,7 +117,7 @@ def random_prompts(tokenizer, batch: int, seed: int) -> list[list[int]]:
 
 
 def our_decoder(model: LanguageModel, tokenizer, new_tokens: int, batch: int) -> Decoder:
-    decoder = Decoder(model, tokenizer, DecodingConfig(name="greedy", max_new_tokens=new_tokens, batch_size=batch))
+    decoder = Decoder(model, tokenizer, DecodingConfig(max_new_tokens=new_tokens, batch_size=batch))
     decoder.stop_ids = torch.empty(0, dtype=torch.long)  # never stop early (see the module docstring)
     return decoder
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from halluc_cli.config import DecodingConfig, LSTMConfig, TokenizerConfig, TransformerConfig
+from halluc_cli.config import DecodingConfig, LSTMConfig, SampleDecodingConfig, TokenizerConfig, TransformerConfig
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.decoding import Decoder, _left_pad, _top_p_filter
-from halluc_cli.errors import UserError
 from halluc_cli.models import build_model
 
 LINES = [f"the capital of country{i} is city{i} ." for i in range(40)]
@@ -110,7 +109,7 @@ def test_rows_of_a_batch_stop_at_their_own_stop_token(cfg, tokenizer) -> None:
 
 def test_sampling_is_seeded_and_gives_num_samples(tokenizer) -> None:
     model = build_model(MODELS[1], tokenizer)
-    decoding = DecodingConfig(name="sample", num_samples=3, temperature=1.5, max_new_tokens=4)
+    decoding = SampleDecodingConfig(num_samples=3, temperature=1.5, max_new_tokens=4)
     first = Decoder(model, tokenizer, decoding, seed=5).generate(PROMPTS[:2])
     assert [len(samples) for samples in first] == [3, 3]
     assert first == Decoder(model, tokenizer, decoding, seed=5).generate(PROMPTS[:2])
@@ -132,6 +131,15 @@ def test_top_p_keeps_the_smallest_set_reaching_p() -> None:
     assert torch.isfinite(_top_p_filter(logits, 0.1)).tolist() == [[True, False, False, False]]
 
 
-def test_greedy_with_several_samples_is_refused(tokenizer) -> None:
-    with pytest.raises(UserError, match="decoding=sample"):
-        Decoder(build_model(MODELS[0], tokenizer), tokenizer, DecodingConfig(num_samples=2))
+def test_greedy_refuses_sampling_settings_at_composition() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    from halluc_cli.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with pytest.raises(ConfigCompositionException, match="decoding.num_samples"):
+            compose(config_name="generate", overrides=["ckpt=some/run", "decoding.num_samples=2"])
+        sampled = compose(config_name="generate", overrides=["ckpt=some/run", "decoding=sample", "decoding.num_samples=2"])
+    assert sampled.decoding.num_samples == 2 and sampled.decoding.temperature == 0.5
