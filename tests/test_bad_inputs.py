@@ -114,3 +114,9 @@ def test_a_second_run_into_a_run_dir_in_use(tmp_path: Path) -> None:
         result = run_cli("pretrain", *TINY, f"hydra.run.dir={run_dir}")
     assert result.exit_code == 2 and "is in use by another run" in result.stderr
     assert sorted(path.name for path in run_dir.iterdir()) == [".lock"]  # the other run's
+
+
+def test_score_runs_of_a_pretraining_run(transformer_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "score"
+    result = run_cli("score", f"runs={transformer_run}", f"hydra.run.dir={run_dir}")
+    _one_line_and_nothing_written(result, run_dir, "no readable finetune run", "a pretrain run, not a finetune run")

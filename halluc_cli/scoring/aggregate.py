@@ -218,6 +218,8 @@ def read_run(path: Path) -> Run:
     """A finetune run dir's choices, scores, summary and training curve; `_Unreadable` when
     a file is malformed or the run is not a finished data=kbqa finetune run."""
     config = _read_config(path / CONFIG_FILE)
+    if "ckpt" not in config:
+        raise _Unreadable("config.yaml has no ckpt (a pretrain run, not a finetune run)")
     data = config.get("data")
     if not isinstance(data, Mapping) or "unknown_fraction" not in data:
         raise _Unreadable("config.yaml has no data.unknown_fraction (not a data=kbqa finetune run)")

@@ -141,7 +141,7 @@ def test_unfinished_run_and_setting_variants(tmp_path: Path) -> None:
     make_run(tmp_path / "a", 0.5, "none", "layers", 0, trainable_layers=1)
     make_run(tmp_path / "b", 0.5, "none", "layers", 0, trainable_layers=2)
     (tmp_path / "c").mkdir()
-    (tmp_path / "c" / "config.yaml").write_text("seed: 0\ndata: {unknown_fraction: 0.5}\n")
+    (tmp_path / "c" / "config.yaml").write_text("ckpt: p\nseed: 0\ndata: {unknown_fraction: 0.5}\n")
     (tmp_path / "c" / "metrics.jsonl").write_text("")  # started, never finished
     sweep = gather(str(tmp_path / "*"))  # a glob of run dirs
     assert [run.choices["freeze"] for run in sweep.runs] == ["layers (trainable_layers=1)",
@@ -153,7 +153,7 @@ def test_unfinished_run_and_setting_variants(tmp_path: Path) -> None:
 
 def test_no_readable_run(tmp_path: Path) -> None:
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "config.yaml").write_text("data: {unknown_fraction: 0.5}\n")
+    (tmp_path / "bad" / "config.yaml").write_text("ckpt: p\ndata: {unknown_fraction: 0.5}\n")
     (tmp_path / "bad" / "summary.json").write_text("[]")
     with pytest.raises(UserError, match="no readable finetune run.*summary.json is not a JSON object"):
         gather(str(tmp_path))
