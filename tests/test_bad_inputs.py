@@ -120,3 +120,13 @@ def test_score_runs_of_a_pretraining_run(transformer_run: Path, tmp_path: Path) 
     run_dir = tmp_path / "score"
     result = run_cli("score", f"runs={transformer_run}", f"hydra.run.dir={run_dir}")
     _one_line_and_nothing_written(result, run_dir, "no readable finetune run", "a pretrain run, not a finetune run")
+
+
+def test_a_question_file_with_a_number_for_a_question(transformer_run: Path, tmp_path: Path) -> None:
+    fields = {"id": "q1", "question": 7, "answer": "Paris", "aliases": [], "subject": "France",
+              "relation": "capital", "known": True, "split": "test"}
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps(fields) + "\n")
+    run_dir = tmp_path / "run"
+    result = run_cli("generate", f"ckpt={transformer_run}", f"questions=[{questions}]", f"hydra.run.dir={run_dir}")
+    _one_line_and_nothing_written(result, run_dir, "line 1: field 'question' must be a string, not 7")

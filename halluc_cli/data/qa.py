@@ -61,6 +61,11 @@ def read_qa_file(path: Path) -> list[QAExample]:
         missing = fields - set(record)
         if missing:
             raise UserError(f"{path} line {number}: missing field(s) {', '.join(sorted(missing))} of a QA example")
+        for key in ("question", "answer"):
+            if not isinstance(record[key], str):
+                raise UserError(f"{path} line {number}: field '{key}' must be a string, not {record[key]!r} (quote it)")
+        if not isinstance(record["aliases"], list) or not all(isinstance(a, str) for a in record["aliases"]):
+            raise UserError(f'{path} line {number}: field \'aliases\' must be a list of strings, e.g. ["Brasilia"]')
         examples.append(QAExample(**{key: record[key] for key in fields}))
     if not examples:
         raise UserError(f"{path} holds no QA examples")
