@@ -130,3 +130,14 @@ def test_a_question_file_with_a_number_for_a_question(transformer_run: Path, tmp
     run_dir = tmp_path / "run"
     result = run_cli("generate", f"ckpt={transformer_run}", f"questions=[{questions}]", f"hydra.run.dir={run_dir}")
     _one_line_and_nothing_written(result, run_dir, "line 1: field 'question' must be a string, not 7")
+
+
+def test_resuming_under_another_model_shape(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = run_cli("pretrain", *TINY, "model=lstm", "train.max_steps=2", "train.eval_every=2", f"hydra.run.dir={run_dir}")
+    assert first.exit_code == 0, first.stderr
+    config = (run_dir / "config.yaml").read_text()
+    result = run_cli("pretrain", *TINY, "model=lstm", "model.hidden_dim=64", f"hydra.run.dir={run_dir}")
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "trained with model.hidden_dim=32, not 64" in result.stderr
+    assert (run_dir / "config.yaml").read_text() == config  # the run dir still says what it holds
