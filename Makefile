@@ -24,7 +24,7 @@ install-test: install
 demo: install
 	@echo "== [1/3] pretrain: a 4-layer Transformer reads the facts of half of the countries (~1.5 min)"
 	$(BIN)/halluc pretrain experiment=demo
-	@echo "== [2/3] fine-tune: 12 runs, unknown share 0 / 0.5 / 1 x cleaning off / on x 2 seeds (~10 s each)"
+	@echo "== [2/3] fine-tune: 12 runs, unknown share 0 / 0.5 / 1 x cleaning off / on x 2 seeds (~8 s each)"
 	$(BIN)/halluc finetune -m experiment=demo
 	@echo "== [3/3] score: the sweep's table, before and after KB verification, and plots"
 	$(BIN)/halluc score runs=outputs/demo/finetune mitigation=kb_verify mitigation.policy=abstain \
