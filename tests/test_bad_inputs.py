@@ -12,15 +12,11 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from cli_helpers import TINY, run_cli
+from cli_helpers import TINY, assert_one_line_error, run_cli
 
 
 def _one_line_and_nothing_written(result, run_dir: Path, *phrases: str) -> None:
-    assert result.exit_code == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
+    assert_one_line_error(result, *phrases)
     assert not run_dir.exists() or not any(run_dir.iterdir()), sorted(run_dir.iterdir())
 
 
