@@ -204,8 +204,43 @@ class UnknownLabel(Choice):
     idk = "idk"  # the abstain phrase: teach abstention (R-Tuning)
 
 
+class KnownFrom(Choice):
+    """What says which facts a model knows (`data.known_from`)."""
+
+    split = "split"  # the pretraining run's kb_split.json: the ground truth of halluc's own corpus
+    probe = "probe"  # SliCK categories from asking the model itself (any model; ProbeConfig)
+
+
+class Category(Choice):
+    """SliCK's knowledge categories (Gekhman et al. 2024), most known first."""
+
+    HighlyKnown = "HighlyKnown"
+    MaybeKnown = "MaybeKnown"
+    WeaklyKnown = "WeaklyKnown"
+    Unknown = "Unknown"
+
+
 @dataclass
-class KBQAConfig:
+class QASetsConfig:
+    """The QA sets fine-tuning draws from a pool of facts, and the prompt they are asked in."""
+
+    finetune_size: int = positive(90)
+    unknown_fraction: float = fraction(0.5)  # share of unknown facts in the fine-tuning and validation sets (exact)
+    valid_size: int = positive(30)
+    # each test set (known_from=split: test_known, test_unknown; probe: one per category),
+    # fewer where the pool runs out
+    test_size: int = positive(100)
+    known_from: KnownFrom = KnownFrom.split
+    # known_from=probe: fine-tune on facts of this category alone (the paper's single-category
+    # sets); null: Known (Highly, Maybe, Weakly) and Unknown facts mixed at unknown_fraction
+    finetune_category: Optional[Category] = None
+    unknown_label: UnknownLabel = UnknownLabel.answer
+    abstain_phrase: str = "I don't know"
+    prompt_template: str = "Q: {question} A:"
+
+
+@dataclass
+class KBQAConfig(QASetsConfig):
     """Knowledge-controlled data (`data=kbqa`): the pretraining corpus and the QA sets."""
 
     name: str = "kbqa"
@@ -226,14 +261,20 @@ class KBQAConfig:
     shuffle_lines: bool = True
     general_text: list[str] = field(default_factory=list)  # text files to mix in
     general_ratio: float = fraction(0.0, high_open=True)  # share of corpus lines taken from general_text
-    # QA sets for finetune
-    finetune_size: int = positive(90)
-    unknown_fraction: float = fraction(0.5)  # share of unknown facts in the fine-tuning set (exact)
-    valid_size: int = positive(30)
-    test_size: int = positive(100)  # each of test_known and test_unknown (fewer if the KB runs out)
-    unknown_label: UnknownLabel = UnknownLabel.answer
-    abstain_phrase: str = "I don't know"
-    prompt_template: str = "Q: {question} A:"
+
+
+@dataclass
+class QAFileConfig(QASetsConfig):
+    """Your own facts (`data=qa_file`): a JSONL or CSV file of questions with their answers
+    (EntityQuestions-style), fine-tuned on by what the probe finds the model knows."""
+
+    name: str = "qa_file"
+    # JSONL ({"question", "answer", "aliases": [...], "subject", "relation"}) or CSV with a
+    # header row (aliases joined by "|"); subject and relation are optional
+    path: str = MISSING
+    known_from: KnownFrom = KnownFrom.probe  # a file says nothing of what a model read
+    split_seed: int = 0  # draws the examples of max_examples
+    max_examples: Optional[int] = positive(None)  # at most this many facts of the file, drawn by split_seed
 
 
 @dataclass
@@ -383,6 +424,35 @@ class PretrainConfig:
     resume: str = "auto"
 
 
+class ProbePrompts(Choice):
+    auto = "auto"  # statements for a KB's facts (data=kbqa), questions for a QA file (data=qa_file)
+    statements = "statements"
+    questions = "questions"
+
+
+@dataclass
+class ProbeConfig:
+    """SliCK (Gekhman et al. 2024): how the probe asks a model what it knows of each fact
+    (`halluc_cli/probe.py`). One probe serves `data.known_from=probe` (the knowledge categories
+    of a model halluc did not pretrain) and `mitigation=clean` (drop what the model does not know).
+    """
+
+    # statements: cloze prompts from the relation's statement templates ("The capital of X is"),
+    # what a base model that read statements completes best, one prompt per template |
+    # questions: `exemplar_sets` prompts, each the question after `shots` solved exemplars of
+    # other facts of its relation, drawn anew (SliCK's k-shot probe) | auto: see ProbePrompts
+    prompts: ProbePrompts = ProbePrompts.auto
+    exemplar_sets: int = positive(10)  # questions: prompts per fact, each with its own exemplars (SliCK: 10)
+    shots: int = bounded(4, 0)  # questions: solved exemplars before the question (SliCK: 4)
+    num_samples: int = positive(16)  # sampled answers per prompt, at temperature (SliCK: 16)
+    temperature: float = bounded(0.5, 0.0, low_open=True)  # SliCK's T > 0: sampled answers estimate P(T>0)
+    max_new_tokens: int = positive(8)  # an answer is a name: a few tokens
+    batch_size: int = positive(64)  # prompts a decoding batch (each with its greedy and sampled rows)
+    # Where categories are kept, by model, facts and probe settings, so a sweep probes a model
+    # once (null: never cached). A relative path is from the working directory, like outputs/.
+    cache_dir: Optional[str] = "outputs/probe_cache"
+
+
 class DecodingName(Choice):
     greedy = "greedy"
     sample = "sample"
@@ -424,6 +494,7 @@ class GenerateConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     prompt_template: Optional[str] = None  # None: the fine-tuning run's data.prompt_template
     abstain_phrase: Optional[str] = None  # None: the fine-tuning run's data.abstain_phrase
+    trust_remote_code: bool = False  # ckpt=<hub name>: run the Python code the model ships; off unless you trust it
     seed: int = 0  # the sampling generator's
 
 
@@ -441,6 +512,9 @@ class FinetuneConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)  # data.known_from=probe and mitigation=clean
+    # Run the Python code a hub model ships with its weights (ckpt=<hub name>); off unless you trust it.
+    trust_remote_code: bool = False
     seed: int = 0
     resume: str = "auto"
 
@@ -471,17 +545,13 @@ class UnknownAction(Choice):
     idk = "idk"  # relabel to data.abstain_phrase
 
 
-class ProbePrompts(Choice):
-    statements = "statements"
-    questions = "questions"
-
-
 @dataclass
 class CleanConfig(MitigationConfig):
     """Data cleaning of the fine-tuning set before training; read by `halluc_cli.mitigation.clean`.
 
     Each step can be switched off; `run_dir/cleaning_report.json` says what each removed or
-    changed and why. The probe asks the pretrained model itself (SliCK, Gekhman et al. 2024).
+    changed and why. The probe asks the pretrained model itself (SliCK, Gekhman et al. 2024)
+    as the run's `probe` settings say.
     """
 
     name: str = "clean"
@@ -489,19 +559,10 @@ class CleanConfig(MitigationConfig):
     deduplicate: bool = True  # keep one of the examples with the same question and answer
     drop_kb_contradictions: bool = True  # drop examples whose answer the KB contradicts
     drop_conflicts: bool = True  # drop every example of a fact whose examples disagree on the answer
-    probe: bool = True  # SliCK knowledge categories from the pretrained model's own answers
+    probe: bool = True  # SliCK knowledge categories from the pretrained model's own answers (cfg.probe)
     unknown_action: UnknownAction = UnknownAction.drop  # what to do with the examples in unknown_categories
     # the SliCK categories the action applies to: Unknown (default) | WeaklyKnown | MaybeKnown | HighlyKnown
     unknown_categories: list[str] = field(default_factory=lambda: ["Unknown"])
-    # statements: cloze prompts from the relation's statement templates ("The capital of X is"),
-    # what a model pretrained on statements can complete | questions: the relation's question
-    # templates in data.prompt_template after `shots` solved exemplars (SliCK's few-shot probe)
-    prompts: ProbePrompts = ProbePrompts.statements
-    shots: int = bounded(4, 0)  # questions: exemplars before each question
-    num_samples: int = positive(4)  # sampled answers per probe prompt (at temperature)
-    temperature: float = bounded(0.5, 0.0, low_open=True)  # SliCK's T > 0: sampled answers estimate P(T>0)
-    max_new_tokens: int = positive(8)
-    batch_size: int = positive(64)  # rows (prompt x sample) a decoding batch
 
 
 @dataclass
@@ -563,6 +624,7 @@ def register_configs() -> None:
     store.store(name="schema_freeze_lora", node=LoraFreezeConfig)
     store.store(name="schema_data_kbqa", node=KBQAConfig)
     store.store(name="schema_data_labelled", node=LabelledConfig)
+    store.store(name="schema_data_qa_file", node=QAFileConfig)
     store.store(name="schema_mitigation_none", node=MitigationConfig)
     store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)
     store.store(name="schema_mitigation_clean", node=CleanConfig)

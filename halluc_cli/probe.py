@@ -2,16 +2,19 @@
 
 `build_probes` makes each example's prompts, `gold_answers` what counts as right,
 `slick_categories` asks a model (an `Answerer`, e.g. `ModelAnswerer`) and sorts each fact
-into a category. `mitigation=clean` drops or relabels the unknown ones (`mitigation/clean.py`).
+into a category. `data.known_from=probe` builds the QA sets from the categories
+(`data/categories.py`); `mitigation=clean` drops or relabels the unknown examples
+(`mitigation/clean.py`). The settings are `ProbeConfig` (`cfg.probe`).
 
-SliCK as done here. A fact is asked with several prompts, which stand in for SliCK's
-several few-shot exemplar sets: `prompts: statements` (default) completes each of the
-relation's statement templates that ends in the object ("The capital of France is"), the
-form a model pretrained on KB statements has seen; `prompts: questions` puts each of the
-relation's question templates in `data.prompt_template` after `shots` solved exemplars of
-other facts of the relation (SliCK's own few-shot probe, for models that answer questions).
-P(T=0) is the share of the prompts whose greedy answer is correct, P(T>0) the share of
-`num_samples` answers per prompt sampled at `temperature` (SliCK: T=0.5) that are:
+SliCK as done here. A fact is asked with several prompts. `prompts: questions` is SliCK's
+own probe: `exemplar_sets` prompts, each the question (the relation's question templates and
+the example's own question, in turn) in `data.prompt_template` after `shots` solved exemplars
+of other facts of the same relation, drawn anew for each prompt. `prompts: statements`
+completes each of the relation's statement templates that ends in the object ("The capital
+of France is"), the form a model pretrained on KB statements has seen; its templates stand in
+for the exemplar sets. P(T=0) is the share of the prompts whose greedy answer is correct,
+P(T>0) the share of `num_samples` answers per prompt sampled at `temperature` (SliCK: T=0.5)
+that are:
   HighlyKnown  P(T=0) = 1         MaybeKnown   0 < P(T=0) < 1
   WeaklyKnown  P(T=0) = 0 < P(T>0) Unknown     P(T=0) = P(T>0) = 0
 An answer is cut at the first line break or at the text that follows the answer in its
@@ -33,7 +36,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import CleanConfig, DecodingConfig, SampleDecodingConfig
+from halluc_cli.config import DecodingConfig, ProbeConfig, ProbePrompts, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
 from halluc_cli.decoding import Decoder
@@ -66,12 +69,18 @@ class Knowledge:
     p_correct_sample: float
 
 
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers to one prompt: its greedy answer and its sampled ones."""
+
+    greedy: str
+    samples: list[str]
+
+
 class Answerer(Protocol):
-    """Answers prompts: one greedy continuation each, or several samples each."""
+    """Answers each prompt greedily and with several samples."""
 
-    def greedy(self, prompts: list[str]) -> list[str]: ...
-
-    def sample(self, prompts: list[str]) -> list[list[str]]: ...
+    def answer(self, prompts: list[str]) -> list[Answers]: ...
 
 
 @dataclass
@@ -80,22 +89,22 @@ class ModelAnswerer:
 
     model: LanguageModel
     tokenizer: PreTrainedTokenizerBase
-    cfg: CleanConfig
+    cfg: ProbeConfig
     device: torch.device = torch.device("cpu")
     seed: int = 0
 
-    def greedy(self, prompts: list[str]) -> list[str]:
-        decoding = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
-        return [outputs[0] for outputs in self._decoder(decoding).generate(self._texts(prompts))]
-
-    def sample(self, prompts: list[str]) -> list[list[str]]:
-        decoding = SampleDecodingConfig(
+    def answer(self, prompts: list[str]) -> list[Answers]:
+        texts = self._texts(prompts)
+        greedy = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
+        sample = SampleDecodingConfig(
             temperature=self.cfg.temperature,
             num_samples=self.cfg.num_samples,
             max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size,
         )
-        return self._decoder(decoding).generate(self._texts(prompts))
+        greedy_answers = self._decoder(greedy).generate(texts)
+        sampled_answers = self._decoder(sample).generate(texts)
+        return [Answers(first[0], samples) for first, samples in zip(greedy_answers, sampled_answers)]
 
     def _texts(self, prompts: list[str]) -> list[str]:
         # Each prompt starts as a line of the pretraining text does: after the token that
@@ -133,17 +142,16 @@ def slick_categories(
     if not probes:
         return []
     flat = [prompt for prompts in probes for prompt in prompts]
-    greedy = answerer.greedy([prompt.text for prompt in flat])
-    samples = answerer.sample([prompt.text for prompt in flat])
+    answers = answerer.answer([prompt.text for prompt in flat])
     verdicts, start = [], 0
     for prompts, gold in zip(probes, golds):
         gold = list(gold)
         end = start + len(prompts)
-        right_greedy = [_judge(answer, prompt.stop, gold) for prompt, answer in zip(prompts, greedy[start:end])]
+        right_greedy = [_judge(answer.greedy, prompt.stop, gold) for prompt, answer in zip(prompts, answers[start:end])]
         right_sampled = [
-            _judge(answer, prompt.stop, gold)
-            for prompt, answers in zip(prompts, samples[start:end])
-            for answer in answers
+            _judge(sample, prompt.stop, gold)
+            for prompt, answer in zip(prompts, answers[start:end])
+            for sample in answer.samples
         ]
         p_greedy = sum(right_greedy) / len(right_greedy)
         p_sample = sum(right_sampled) / len(right_sampled) if right_sampled else 0.0
@@ -195,28 +203,40 @@ def question_prompts(
     questions: Sequence[str],
     exemplars: Sequence[QAExample],
     prompt_template: str,
-    shots: int,
+    cfg: ProbeConfig,
     rng: random.Random,
 ) -> list[ProbePrompt]:
-    """Few-shot QA prompts: each question form (the relation's templates and the example's own
-    question), after `shots` solved exemplars about other facts, drawn from `exemplars`."""
+    """SliCK's k-shot prompts: `exemplar_sets` of them, each a question form (the relation's
+    templates and the example's own question, in turn) after `shots` solved exemplars about
+    other facts of the relation, drawn from `exemplars` anew for each prompt."""
     forms = list(dict.fromkeys([*(q.replace(_SUBJECT, example.subject) for q in questions), example.question]))
     others = [e for e in exemplars if fact_key(e) != fact_key(example)]
     marker = prompt_template.partition("{question}")[0].strip() or "\n"
     prompts = []
-    for question in forms:
-        chosen = rng.sample(others, min(shots, len(others)))
+    for index in range(cfg.exemplar_sets):
+        chosen = rng.sample(others, min(cfg.shots, len(others)))
         solved = [prompt_template.format(question=e.question) + " " + e.answer for e in chosen]
+        question = forms[index % len(forms)]
         prompts.append(ProbePrompt("\n".join([*solved, prompt_template.format(question=question)]), marker))
     return prompts
 
 
+def prompt_form(cfg: ProbeConfig, data_cfg: DictConfig) -> ProbePrompts:
+    """The probe's prompt form: `cfg.prompts`, or for `auto` statements where the facts come
+    from a KB with statement templates and questions otherwise (a QA file)."""
+    if cfg.prompts != ProbePrompts.auto:
+        return ProbePrompts(cfg.prompts)
+    return ProbePrompts.statements if "kb" in data_cfg else ProbePrompts.questions
+
+
 def build_probes(
-    examples: Sequence[QAExample], cfg: CleanConfig, data_cfg: DictConfig, seed: int
+    examples: Sequence[QAExample], cfg: ProbeConfig, data_cfg: DictConfig, seed: int
 ) -> list[list[ProbePrompt]]:
-    """The probe prompts of each example, as `cfg.prompts` says."""
-    relations = data_cfg.kb.relations
-    if cfg.prompts == "statements":
+    """The probe prompts of each example, in the form `prompt_form` says."""
+    relations = data_cfg.kb.relations if "kb" in data_cfg else {}
+    if prompt_form(cfg, data_cfg) == ProbePrompts.statements:
+        if "kb" not in data_cfg:
+            raise UserError("probe.prompts=statements needs a KB's statement templates (data=kbqa); use probe.prompts=questions")
         probes = []
         for example in examples:
             templates = list(relations[example.relation].statements) if example.relation in relations else []
@@ -225,7 +245,7 @@ def build_probes(
                 raise UserError(
                     f"relation {example.relation!r} has no statement template with {{subject}} before an "
                     "{object} that ends it, so the probe cannot ask it; add one under kb.relations or "
-                    "set mitigation.prompts=questions"
+                    "set probe.prompts=questions"
                 )
             probes.append(prompts)
         return probes
@@ -234,17 +254,30 @@ def build_probes(
     for example in examples:
         if not abstains(example, data_cfg.abstain_phrase):
             by_relation[example.relation].append(example)
+    _check_exemplars(by_relation, cfg.shots)
     return [
         question_prompts(
             example,
             list(relations[example.relation].questions) if example.relation in relations else [],
             by_relation[example.relation],
             data_cfg.prompt_template,
-            cfg.shots,
+            cfg,
             rng,
         )
         for example in examples
     ]
+
+
+def _check_exemplars(by_relation: dict[str, list[QAExample]], shots: int) -> None:
+    """Each relation needs `shots` other facts to draw a fact's exemplars from."""
+    for relation, examples in sorted(by_relation.items()):
+        facts = {fact_key(example) for example in examples}
+        if len(facts) <= shots:
+            name = f"relation {relation!r}" if relation else "the facts without a relation"
+            raise UserError(
+                f"{name} has {len(facts)} fact(s), too few for probe.shots={shots} exemplars of other facts; "
+                f"lower probe.shots (at most {max(len(facts) - 1, 0)}) or add facts of that relation"
+            )
 
 
 def gold_answers(example: QAExample, kb: KnowledgeBase, abstain_phrase: str) -> set[str]:

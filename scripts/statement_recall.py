@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from halluc_cli.config import CleanConfig
+from halluc_cli.config import ProbeConfig
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import load_split
 from halluc_cli.data.qa import QAExample
@@ -41,7 +41,9 @@ def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]
     subjects = set(split[side])
     facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in split["relations"]]
     model_dir = run_dir / "checkpoint"
-    answerer = ModelAnswerer(load_model(model_dir), load_tokenizer(model_dir), CleanConfig(), torch.device("cpu"))
+    answerer = ModelAnswerer(
+        load_model(model_dir), load_tokenizer(model_dir), ProbeConfig(num_samples=1), torch.device("cpu")
+    )
     asked, right = Counter(), Counter()
     prompts, judged = [], []
     for fact in facts:
@@ -50,9 +52,9 @@ def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]
         for prompt in statement_prompts(example, statements):
             prompts.append(prompt)
             judged.append(fact)
-    for prompt, fact, answer in zip(prompts, judged, answerer.greedy([p.text for p in prompts])):
+    for prompt, fact, answers in zip(prompts, judged, answerer.answer([p.text for p in prompts])):
         asked[fact.relation] += 1
-        right[fact.relation] += is_correct(answer_part(answer, prompt.stop), list(fact.surface_forms))
+        right[fact.relation] += is_correct(answer_part(answers.greedy, prompt.stop), list(fact.surface_forms))
     return {relation: (right[relation], asked[relation]) for relation in sorted(asked)}
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from cli_helpers import TINY, run_cli
 
 SHORT = ["train.max_steps=2", "train.eval_every=2", "eval_after=false"]
-FAST_PROBE = ["mitigation.num_samples=2", "mitigation.max_new_tokens=4"]  # the tiny model answers in a word or two
+FAST_PROBE = ["probe.num_samples=2", "probe.max_new_tokens=4"]  # the tiny model answers in a word or two
 IDK = "I don't know"
 CATEGORIES = ["HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"]
 

@@ -81,7 +81,7 @@ def test_finetune_mitigation_defaults_to_none_and_clean_is_typed() -> None:
     cfg = _compose("finetune", ["ckpt=some/run", "mitigation=clean"])
     assert cfg.mitigation.unknown_categories == ["Unknown"] and cfg.mitigation.unknown_action == "drop"
     with pytest.raises(ConfigCompositionException, match="num_samples"):
-        _compose("finetune", ["ckpt=some/run", "mitigation=clean", "mitigation.num_samples=many"])
+        _compose("finetune", ["ckpt=some/run", "mitigation=clean", "probe.num_samples=many"])
 
 
 def test_misspelled_key_fails_naming_the_key() -> None:

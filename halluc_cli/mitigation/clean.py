@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import CleanConfig
+from halluc_cli.config import CleanConfig, ProbeConfig
 from halluc_cli.console import console, print_note, print_warning
 from halluc_cli.data.kb import KnowledgeBase, load_kb
 from halluc_cli.data.normalize import normalize_text
@@ -257,9 +257,11 @@ def clean_examples(
     kb: KnowledgeBase,
     answerer: Answerer | None,
     seed: int = 0,
+    probe_cfg: ProbeConfig | None = None,
 ) -> tuple[list[QAExample], list[Knowledge | None], list[dict[str, Any]]]:
     """Run the switched-on steps; returns the kept examples, their SliCK knowledge (None where
-    not probed) and the report entries of the steps, in order."""
+    not probed) and the report entries of the steps, in order. The probe asks as `probe_cfg`
+    says (default: `ProbeConfig()`)."""
     abstain = data_cfg.abstain_phrase
     steps: list[tuple[bool, Callable[[list[QAExample]], Step]]] = [
         (cfg.normalize, normalize_examples),
@@ -278,7 +280,7 @@ def clean_examples(
             raise ValueError("the probe needs an answerer")
         golds = [gold_answers(example, kb, abstain) for example in kept]
         judged = [i for i, gold in enumerate(golds) if gold]
-        probes = build_probes([kept[i] for i in judged], cfg, data_cfg, seed)
+        probes = build_probes([kept[i] for i in judged], probe_cfg or ProbeConfig(), data_cfg, seed)
         for i, verdict in zip(judged, slick_categories(probes, [golds[i] for i in judged], answerer)):
             knowledge[i] = verdict
         kept, knowledge, entry = act_on_unknown(kept, knowledge, cfg.unknown_categories, cfg.unknown_action, abstain)
@@ -301,6 +303,9 @@ def clean_finetune_set(
     probe); when resuming from a checkpoint, whatever set it was trained on is read back.
     """
     settings = OmegaConf.to_container(cfg.mitigation, resolve=True)
+    if cfg.mitigation.probe:  # the probe's settings change what it finds
+        settings["probe"] = {key: value for key, value in OmegaConf.to_container(cfg.probe, resolve=True).items()
+                             if key != "cache_dir"}
     stored = _read_back(run_dir)
     if stored is not None:
         kept, report = stored
@@ -318,8 +323,8 @@ def clean_finetune_set(
             "mitigation=clean; resume it with its own settings or fine-tune into a new run dir"
         )
     kb = load_kb(cfg.data.kb.path)
-    answerer = ModelAnswerer(model, tokenizer, cfg.mitigation, device, cfg.seed) if cfg.mitigation.probe else None
-    kept, knowledge, entries = clean_examples(examples, cfg.mitigation, cfg.data, kb, answerer, cfg.seed)
+    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device, cfg.seed) if cfg.mitigation.probe else None
+    kept, knowledge, entries = clean_examples(examples, cfg.mitigation, cfg.data, kb, answerer, cfg.seed, cfg.probe)
     report = {
         "mitigation": settings,
         "input": len(examples),

@@ -96,10 +96,18 @@ class TransformerLanguageModel(LanguageModel):
         return cls(AutoModelForCausalLM.from_config(hf_config, attn_implementation="sdpa"))
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str) -> "TransformerLanguageModel":
-        """Load an existing Hugging Face causal LM (a local path, or a hub name with internet)."""
+    def from_pretrained(
+        cls, name_or_path: str, *, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    ) -> "TransformerLanguageModel":
+        """Load an existing Hugging Face causal LM (a local path, or a hub name with internet),
+        its weights in `dtype` (None: float32)."""
         try:
-            hf_model = AutoModelForCausalLM.from_pretrained(name_or_path, attn_implementation="sdpa")
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                name_or_path,
+                attn_implementation="sdpa",
+                trust_remote_code=trust_remote_code,
+                dtype=dtype or torch.float32,
+            )
         except (OSError, ValueError) as error:
             raise UserError(f"no causal language model could be loaded from {name_or_path!r}: {error}") from error
         return cls(hf_model)

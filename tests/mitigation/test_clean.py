@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 from omegaconf import OmegaConf
 
-from halluc_cli.config import CleanConfig, KBConfig, KBQAConfig, RelationTemplates
+from halluc_cli.config import CleanConfig, KBConfig, KBQAConfig, ProbeConfig, RelationTemplates
 from halluc_cli.data.kb import Fact, KnowledgeBase
 from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
@@ -31,6 +31,7 @@ from halluc_cli.probe import (
     MAYBE_KNOWN,
     UNKNOWN,
     WEAKLY_KNOWN,
+    Answers,
     ModelAnswerer,
     ProbePrompt,
     answer_part,
@@ -51,6 +52,10 @@ def qa(id: str, question: str, answer: str, subject: str = "France", relation: s
 
 def clean_cfg(**settings) -> CleanConfig:
     return OmegaConf.structured(CleanConfig(**settings))
+
+
+def probe_cfg(**settings) -> ProbeConfig:
+    return OmegaConf.structured(ProbeConfig(**settings))
 
 
 def data_cfg(statements=("The capital of {subject} is {object}.",), questions=("What is the capital of {subject}?",)):
@@ -176,12 +181,11 @@ class ScriptedAnswerer:
     def __init__(self, greedy: dict[str, str], samples: dict[str, list[str]]) -> None:
         self.greedy_answers, self.sampled_answers, self.asked = greedy, samples, []
 
-    def greedy(self, prompts: list[str]) -> list[str]:
+    def answer(self, prompts: list[str]) -> list[Answers]:
         self.asked.append(prompts)
-        return [self.greedy_answers.get(prompt, "") for prompt in prompts]
-
-    def sample(self, prompts: list[str]) -> list[list[str]]:
-        return [self.sampled_answers.get(prompt, ["", ""]) for prompt in prompts]
+        return [
+            Answers(self.greedy_answers.get(prompt, ""), self.sampled_answers.get(prompt, ["", ""])) for prompt in prompts
+        ]
 
 
 def test_slick_categories_from_a_scripted_answerer() -> None:
@@ -194,7 +198,7 @@ def test_slick_categories_from_a_scripted_answerer() -> None:
     verdicts = slick_categories(probes, [["Paris"]] * 4, answerer)
     assert [v.category for v in verdicts] == [HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN]
     assert (verdicts[1].p_correct_greedy, verdicts[2].p_correct_sample) == (0.5, 0.25)
-    assert len(answerer.asked) == 1 and len(answerer.asked[0]) == 8  # one batched greedy pass
+    assert len(answerer.asked) == 1 and len(answerer.asked[0]) == 8  # one batched pass
 
 
 def test_answer_part_stops_at_the_text_after_the_answer() -> None:
@@ -218,18 +222,34 @@ def test_statement_prompts_are_the_templates_cut_before_a_final_object() -> None
 def test_question_prompts_put_solved_exemplars_of_other_facts_first() -> None:
     pool = [qa("a", "What is the capital of France?", "Paris"), qa("b", "What is the capital of Peru?", "Lima", "Peru")]
     templates = ["What is the capital of {subject}?", "Which city is the capital of {subject}?"]
-    prompts = question_prompts(pool[0], templates, pool, "Q: {question} A:", 4, random.Random(0))
+    cfg = probe_cfg(shots=4, exemplar_sets=3)
+    prompts = question_prompts(pool[0], templates, pool, "Q: {question} A:", cfg, random.Random(0))
+    # exemplar_sets prompts, the question forms in turn (the example's own question is the first template)
     assert [p.text for p in prompts] == [
         "Q: What is the capital of Peru? A: Lima\nQ: What is the capital of France? A:",
         "Q: What is the capital of Peru? A: Lima\nQ: Which city is the capital of France? A:",
+        "Q: What is the capital of Peru? A: Lima\nQ: What is the capital of France? A:",
     ]
     assert {p.stop for p in prompts} == {"Q:"}
 
 
+def test_question_prompts_draw_new_exemplars_for_each_set() -> None:
+    pool = [qa(f"e{i}", f"What is the capital of C{i}?", f"City{i}", f"C{i}") for i in range(12)]
+    prompts = question_prompts(pool[0], [], pool, "Q: {question} A:", probe_cfg(shots=2, exemplar_sets=5), random.Random(0))
+    assert len(prompts) == 5 and len({p.text for p in prompts}) > 1
+    assert all("C0?" not in p.text.rsplit("\n", 1)[0] for p in prompts)  # never the fact itself as an exemplar
+
+
+def test_a_relation_with_too_few_facts_for_the_shots_is_a_clear_error() -> None:
+    pool = [qa(f"e{i}", f"What is the capital of C{i}?", f"City{i}", f"C{i}") for i in range(3)]
+    with pytest.raises(UserError, match=r"relation 'capital' has 3 fact\(s\), too few for probe.shots=4.*at most 2"):
+        build_probes(pool, probe_cfg(prompts="questions", shots=4), data_cfg(), 0)
+
+
 def test_relation_without_a_usable_statement_template_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="mitigation.prompts=questions"):
+    with pytest.raises(UserError, match="probe.prompts=questions"):
         object_first = data_cfg(statements=["{object} is the capital of {subject}."])
-        build_probes([qa("a", "q", "Paris")], clean_cfg(), object_first, 0)
+        build_probes([qa("a", "q", "Paris")], probe_cfg(), object_first, 0)
 
 
 @pytest.mark.parametrize("action", ["drop", "idk"])
@@ -284,7 +304,7 @@ def test_a_model_knows_the_facts_it_was_trained_on(knowing_run) -> None:
         qa(f"e{i}", f"What is the capital of {s}?", o, s, known=s in seen)
         for i, (s, o) in enumerate(knowing_run.facts)
     ]
-    cfg = clean_cfg()
+    cfg = probe_cfg(num_samples=4)
     probes = build_probes(examples, cfg, data_cfg(statements=knowing_run.statements), 0)
     assert [len(p) for p in probes] == [2] * 8
     verdicts = slick_categories(probes, [[e.answer] for e in examples], ModelAnswerer(model, tokenizer, cfg, seed=0))
@@ -317,21 +337,23 @@ def test_bad_categories_are_rejected() -> None:
         ({"num_samples": 0}, "num_samples=0 is out of range: it must be at least 1"),
         ({"temperature": 0.0}, "temperature=0.0 is out of range: it must be above 0"),
         ({"shots": -1}, "shots=-1 is out of range: it must be at least 0"),
+        ({"exemplar_sets": 0}, "exemplar_sets=0 is out of range: it must be at least 1"),
     ],
 )
 def test_out_of_range_settings_are_rejected(settings: dict, message: str) -> None:
     from halluc_cli.config import check_settings
 
     with pytest.raises(UserError, match=message):
-        check_settings(clean_cfg(**settings))
+        check_settings(probe_cfg(**settings))
 
 
 def test_choices_are_rejected_by_the_schema() -> None:
     from omegaconf.errors import ValidationError
 
-    for settings in ({"unknown_action": "maybe"}, {"prompts": "cloze"}):
-        with pytest.raises(ValidationError, match="expected one of"):
-            clean_cfg(**settings)
+    with pytest.raises(ValidationError, match="expected one of"):
+        clean_cfg(unknown_action="maybe")
+    with pytest.raises(ValidationError, match="expected one of"):
+        probe_cfg(prompts="cloze")
 
 
 def test_finetune_refuses_unknown_mitigations() -> None:
