@@ -448,6 +448,7 @@ class ProbeConfig:
     temperature: float = bounded(0.5, 0.0, low_open=True)  # SliCK's T > 0: sampled answers estimate P(T>0)
     max_new_tokens: int = positive(8)  # an answer is a name: a few tokens
     batch_size: int = positive(64)  # prompts a decoding batch (each with its greedy and sampled rows)
+    seed: int = 0  # draws the exemplars and the samples; fixed, so every seed of a sweep shares one probe
     # Where categories are kept, by model, facts and probe settings, so a sweep probes a model
     # once (null: never cached). A relative path is from the working directory, like outputs/.
     cache_dir: Optional[str] = "outputs/probe_cache"

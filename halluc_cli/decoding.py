@@ -14,6 +14,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import DecodingConfig
+from halluc_cli.data.tokenizer import prompt_ids
 from halluc_cli.errors import UserError
 from halluc_cli.models import LanguageModel
 
@@ -35,7 +36,7 @@ class Decoder:
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
         """`num_samples` continuations of each prompt (greedy: one), as text without the stop token."""
-        ids = [self.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        ids = [prompt_ids(self.tokenizer, prompt) for prompt in prompts]
         repeated = [row for row in ids for _ in range(self.samples)]
         texts: list[str] = []
         for start in range(0, len(repeated), self.cfg.batch_size):

@@ -57,6 +57,8 @@ def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> 
         "abstained": normalize_text(prediction) == normalize_text(abstain_phrase),
         "subject": example.subject,
         "relation": example.relation,
+        # data.known_from=probe: the fact's SliCK category, for scores by category
+        **({"category": example.category} if example.category else {}),
         # what halluc score task=classification compares the prediction with
         **({"label": example.answer} if is_labelled(example) else {}),
         **({"samples": outputs} if len(outputs) > 1 else {}),

@@ -25,22 +25,29 @@ already labelled with the abstain phrase (data.unknown_label=idk) is judged agai
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
-from omegaconf import DictConfig
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.config import DecodingConfig, ProbeConfig, ProbePrompts, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
+from halluc_cli.data.tokenizer import prompt_ids
 from halluc_cli.decoding import Decoder
+from halluc_cli.console import console
 from halluc_cli.errors import UserError
+from halluc_cli.io import atomic_write_jsonl, read_jsonl
 from halluc_cli.models import LanguageModel
 from halluc_cli.scoring.metrics import is_correct
 
@@ -108,8 +115,11 @@ class ModelAnswerer:
 
     def _texts(self, prompts: list[str]) -> list[str]:
         # Each prompt starts as a line of the pretraining text does: after the token that
-        # separates documents (halluc's tokenizers: <eos>; GPT-2: <|endoftext|>; Llama: <s>).
+        # separates documents (halluc's tokenizers: <eos>; GPT-2: <|endoftext|>), unless the
+        # tokenizer puts its start token there itself (Llama's <s>: `prompt_ids`).
         start = self.tokenizer.bos_token or ""
+        if start and prompt_ids(self.tokenizer, "a")[:1] == [self.tokenizer.bos_token_id]:
+            start = ""
         return [start + prompt for prompt in prompts]
 
     def _decoder(self, decoding: DecodingConfig) -> Decoder:
@@ -287,3 +297,86 @@ def gold_answers(example: QAExample, kb: KnowledgeBase, abstain_phrase: str) -> 
     if abstains(example, abstain_phrase):
         return kb_forms
     return {example.answer, *example.aliases} | kb_forms
+
+
+# --- probing a pool of facts, once per model --------------------------------------------------
+
+
+def probe_pool(
+    pool: Sequence[QAExample], answerer: Answerer, cfg: ProbeConfig, data_cfg: DictConfig, model_id: str
+) -> list[Knowledge]:
+    """SliCK's verdict on every fact of `pool` (gold: its answer and aliases), read back from
+    `cfg.cache_dir` when this model was probed on these facts with these settings before.
+
+    The cache file is locked while it is made, so the runs of a sweep launched together
+    (a SLURM array) probe once and the others wait for it and read it.
+    """
+    if cfg.cache_dir is None:
+        return _probe(pool, answerer, cfg, data_cfg)
+    path = Path(cfg.cache_dir) / f"{_cache_key(pool, cfg, data_cfg, model_id)}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        cached = _read_cached(path, pool)
+        if cached is not None:
+            console.print(f"probe: the categories of {len(pool)} facts read back from {path}", highlight=False)
+            return cached
+        knowledge = _probe(pool, answerer, cfg, data_cfg)
+        atomic_write_jsonl(path, knowledge_records(pool, knowledge))
+        return knowledge
+
+
+def knowledge_records(pool: Sequence[QAExample], knowledge: Sequence[Knowledge]) -> list[dict[str, Any]]:
+    """One JSON record per fact: what was asked, its category and the two P(correct)."""
+    return [
+        {"subject": e.subject, "relation": e.relation, "question": e.question, "answer": e.answer, **asdict(k)}
+        for e, k in zip(pool, knowledge)
+    ]
+
+
+def model_identity(model_dir: str) -> str:
+    """What tells one model's weights from another's: a local dir's files (name, size, time
+    written), or a hub name."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return f"hub:{model_dir}"
+    files = sorted(child for child in path.iterdir() if child.is_file())
+    return json.dumps([[child.name, child.stat().st_size, child.stat().st_mtime_ns] for child in files])
+
+
+def _probe(pool: Sequence[QAExample], answerer: Answerer, cfg: ProbeConfig, data_cfg: DictConfig) -> list[Knowledge]:
+    probes = build_probes(pool, cfg, data_cfg, cfg.seed)
+    prompts = sum(len(prompts) for prompts in probes)
+    console.print(
+        f"probe: {len(pool)} facts, {prompts} prompts, each answered greedily and {cfg.num_samples} times "
+        f"at T={cfg.temperature} (SliCK)",
+        highlight=False,
+    )
+    return slick_categories(probes, [{e.answer, *e.aliases} for e in pool], answerer)
+
+
+def _cache_key(pool: Sequence[QAExample], cfg: ProbeConfig, data_cfg: DictConfig, model_id: str) -> str:
+    settings = {key: value for key, value in OmegaConf.to_container(OmegaConf.structured(cfg)).items()
+                if key not in ("cache_dir", "batch_size")}  # neither changes what the probe finds
+    relations = data_cfg.kb.relations if "kb" in data_cfg else {}
+    described = {
+        "model": model_id,
+        "probe": {**settings, "prompts": str(prompt_form(cfg, data_cfg))},
+        "prompt_template": data_cfg.prompt_template,
+        "templates": OmegaConf.to_container(relations) if OmegaConf.is_config(relations) else relations,
+        "facts": [[e.question, e.answer, list(e.aliases), e.subject, e.relation] for e in pool],
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+def _read_cached(path: Path, pool: Sequence[QAExample]) -> list[Knowledge] | None:
+    """The cached verdicts, or None where there is no cache file or it does not fit the pool."""
+    if not path.is_file():
+        return None
+    try:
+        records = [record for _, record in read_jsonl(path)]
+        if [record["question"] for record in records] != [e.question for e in pool]:
+            return None
+        return [Knowledge(r["category"], r["p_correct_greedy"], r["p_correct_sample"]) for r in records]
+    except (UserError, KeyError, TypeError):
+        return None  # a damaged cache is probed again

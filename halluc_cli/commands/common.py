@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ from halluc_cli.models import LanguageModel, count_parameters
 from halluc_cli.models.base import FAMILY_FILE
 from halluc_cli.training.checkpoint import find_checkpoint
 from halluc_cli.training.distributed import shared_run_dir
+
+HF_CONFIG_FILE = "config.json"  # what every `save_pretrained` model dir holds
+# A hub model id: a name, or owner/name (letters, digits, "-", "_", ".").
+HUB_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def start_run(cfg: DictConfig, accelerator: Accelerator | None = None, kept_on_resume: tuple[str, ...] = ()) -> Path:
@@ -102,17 +108,36 @@ def checkpoint_to_resume(run_dir: Path, resume: str) -> Path | None:
     return None
 
 
-def resolve_run(path: str, weights: str = rundir.CHECKPOINT_DIR) -> tuple[Path, Path]:
-    """(run dir, model dir) from a run dir (its `weights` dir: checkpoint or best) or a model dir."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a command's model comes from: a halluc run, or a model halluc did not train."""
+
+    model_dir: str  # what weights and tokenizer load from: a local dir, or a hub name
+    run_dir: Path | None  # the halluc run it belongs to (config, kb_split.json, qa/); None: a foreign model
+
+    @property
+    def foreign(self) -> bool:
+        """True for a Hugging Face model halluc did not train (a local dir or a hub name)."""
+        return self.run_dir is None
+
+
+def resolve_model(path: str, weights: str = rundir.CHECKPOINT_DIR) -> ModelSource:
+    """The model `ckpt=` names: a halluc run dir (its `weights` dir: checkpoint or best), a
+    halluc model dir, a Hugging Face `save_pretrained` dir, or a hub name (users with internet)."""
     given = Path(path)
     if (given / FAMILY_FILE).is_file():
-        return given.parent, given
+        return ModelSource(str(given), given.parent)
     found = complete_dir(given / weights)
     if found is not None and (found / FAMILY_FILE).is_file():
-        return given, found
-    raise UserError(
-        f"{path} is neither a run dir with a {weights}/ model nor a model dir; point ckpt at a halluc run dir"
-    )
+        return ModelSource(str(found), given)
+    if (given / HF_CONFIG_FILE).is_file():
+        return ModelSource(str(given), None)
+    if given.exists() or not HUB_NAME.fullmatch(path):
+        raise UserError(
+            f"{path} is neither a halluc run dir (with a {weights}/ model), a model dir, nor a Hugging Face "
+            f"model dir (with {HF_CONFIG_FILE}); point ckpt at one of them or at a hub name"
+        )
+    return ModelSource(path, None)  # a hub name: loading it says whether it exists
 
 
 def describe_model(model: LanguageModel, notes: list[str] = ()) -> None:

@@ -1,10 +1,11 @@
-"""`halluc finetune`: fine-tune a pretrained run on knowledge-controlled QA or labelled text.
+"""`halluc finetune`: fine-tune a model on knowledge-controlled QA or labelled text.
 
-validate -> load the pretrained model -> QA sets (data=kbqa: known/unknown from the
-pretraining run; data=labelled: text -> label word) -> freeze strategy -> batches -> the
-shared training loop -> answer and score the test sets (eval_after) -> summary. Of several
-processes (torchrun), the main one builds the QA sets (and cleans them) and answers the test
-sets; the others read the sets back.
+validate -> load the model (a halluc run, or any Hugging Face causal LM) -> QA sets
+(data=kbqa: known/unknown from the pretraining run's split, or from probing the model itself,
+data.known_from=probe; data=qa_file: your facts, probed; data=labelled: text -> label word)
+-> freeze strategy -> batches -> the shared training loop -> answer and score the test sets
+(eval_after) -> summary. Of several processes (torchrun), the main one builds the QA sets
+(probes, cleans) and answers the test sets; the others read the sets back.
 """
 
 from __future__ import annotations
@@ -19,21 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli import rundir
-from halluc_cli.commands.common import checkpoint_to_resume, describe_model, resolve_run, start_run
-from halluc_cli.config import KBQAConfig, LabelledConfig
+from halluc_cli.commands.common import ModelSource, checkpoint_to_resume, describe_model, resolve_model, start_run
+from halluc_cli.config import KBQAConfig, KnownFrom, LabelledConfig, QAFileConfig
 from halluc_cli.console import print_table
+from halluc_cli.data.categories import category_sets, kb_pool, read_user_qa_file
 from halluc_cli.data.kb import load_kb
-from halluc_cli.data.kbqa import QA_SETS, build_qa_sets, load_split
-from halluc_cli.data.labelled import LABELLED_SETS, build_labelled_sets, check_label_words
+from halluc_cli.data.kbqa import build_qa_sets, load_split
+from halluc_cli.data.labelled import build_labelled_sets, check_label_words
 from halluc_cli.data.qa import QAExample, format_prompt, qa_format, read_qa_file, write_qa_sets
-from halluc_cli.data.tokenizer import load_tokenizer
+from halluc_cli.data.tokenizer import load_tokenizer, prompt_ids
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
 from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
-from halluc_cli.models import count_parameters, load_model
+from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, open_model
 from halluc_cli.predictions import answer_questions
+from halluc_cli.probe import CATEGORIES, ModelAnswerer, knowledge_records, model_identity, probe_pool
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator, pin_batches
 from halluc_cli.training.distributed import check_last_batch
@@ -44,25 +47,67 @@ from halluc_cli.training.loop import Trainer
 
 # prediction records -> (scores.json, headline numbers for the summary)
 Scorer = Callable[[list[dict[str, Any]]], tuple[dict[str, Any], dict[str, float]]]
+TRAINING_SETS = ("finetune", "valid")  # besides the test sets, what every run's qa/ holds
+
+
+@dataclass(frozen=True)
+class SetsContext:
+    """What building a run's QA sets may draw on: the model (the probe asks it) and where it came from."""
+
+    source: ModelSource
+    model: LanguageModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    run_dir: Path
 
 
 @dataclass(frozen=True)
 class FinetuneData:
     """What fine-tuning does with one kind of data, the schema of `cfg.data`."""
 
-    sets: tuple[str, ...]  # the QA sets in run_dir/qa
-    tests: tuple[str, ...]  # the sets eval_after answers and scores
     mitigations: tuple[str, ...]  # the mitigation= values that apply
-    # (finetune cfg, pretrain run dir, its tokenizer) -> the QA sets
-    build: Callable[[DictConfig, Path, PreTrainedTokenizerBase], dict[str, list[QAExample]]]
+    # (finetune cfg, the model's source) -> None, or a UserError before anything is written
+    check: Callable[[DictConfig, ModelSource], None]
+    # (finetune cfg, what the sets may draw on) -> the QA sets: finetune, valid, test_*
+    build: Callable[[DictConfig, SetsContext], dict[str, list[QAExample]]]
     # the fine-tuning set -> the groups whose train accuracy each evaluation logs
     fit_groups: Callable[[list[QAExample]], dict[str, list[QAExample]]]
     # finetune cfg -> the scorer of one set of weights' test answers (what it needs read once)
     scorer: Callable[[DictConfig], Scorer]
 
 
-def _kbqa_sets(cfg: DictConfig, pretrain_dir: Path, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[QAExample]]:
-    return build_qa_sets(cfg.data, load_split(pretrain_dir), cfg.seed)
+def _check_kbqa(cfg: DictConfig, source: ModelSource) -> None:
+    if cfg.data.known_from == KnownFrom.split and source.foreign:
+        raise UserError(
+            f"ckpt={cfg.ckpt} was not pretrained by halluc, so no split says which facts it read; "
+            "set data.known_from=probe to find out by asking it (SliCK)"
+        )
+
+
+def _kbqa_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
+    if cfg.data.known_from == KnownFrom.probe:
+        return _probed_sets(cfg, context, kb_pool(cfg.data))
+    return build_qa_sets(cfg.data, load_split(context.source.run_dir), cfg.seed)
+
+
+def _check_qa_file(cfg: DictConfig, source: ModelSource) -> None:
+    if cfg.data.known_from != KnownFrom.probe:
+        raise UserError("data=qa_file needs data.known_from=probe: a QA file says nothing of what the model read")
+
+
+def _qa_file_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
+    return _probed_sets(cfg, context, read_user_qa_file(cfg.data))
+
+
+def _probed_sets(cfg: DictConfig, context: SetsContext, pool: list[QAExample]) -> dict[str, list[QAExample]]:
+    """Ask the model about every fact of the pool (SliCK), record the categories in the run
+    dir, and draw the sets from them."""
+    answerer = ModelAnswerer(context.model, context.tokenizer, cfg.probe, context.device, cfg.probe.seed)
+    knowledge = probe_pool(pool, answerer, cfg.probe, cfg.data, model_identity(context.source.model_dir))
+    atomic_write_jsonl(context.run_dir / rundir.CATEGORIES_FILE, knowledge_records(pool, knowledge))
+    counts = {category: sum(k.category == category for k in knowledge) for category in CATEGORIES}
+    print_table(f"SliCK categories of {len(pool)} facts ({context.run_dir / rundir.CATEGORIES_FILE})", counts)
+    return category_sets(pool, [k.category for k in knowledge], cfg.data, cfg.seed)
 
 
 def _known_groups(examples: list[QAExample]) -> dict[str, list[QAExample]]:
@@ -73,8 +118,8 @@ def _known_groups(examples: list[QAExample]) -> dict[str, list[QAExample]]:
     }
 
 
-def _kbqa_scorer(cfg: DictConfig) -> Scorer:
-    kb = load_kb(cfg.data.kb.path)  # once for both sets of weights
+def _qa_scorer(cfg: DictConfig) -> Scorer:
+    kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None  # once for both sets of weights
 
     def score(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
         scores = score_predictions(records, kb)
@@ -88,11 +133,9 @@ def _kbqa_scorer(cfg: DictConfig) -> Scorer:
     return score
 
 
-def _labelled_sets(
-    cfg: DictConfig, pretrain_dir: Path, tokenizer: PreTrainedTokenizerBase
-) -> dict[str, list[QAExample]]:
+def _labelled_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
     sets = build_labelled_sets(cfg.data)
-    check_label_words(tokenizer, {example.answer for examples in sets.values() for example in examples})
+    check_label_words(context.tokenizer, {example.answer for examples in sets.values() for example in examples})
     return sets
 
 
@@ -102,13 +145,11 @@ def _score_labelled(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict
 
 
 FINETUNE_DATA: dict[type, FinetuneData] = {
-    KBQAConfig: FinetuneData(
-        QA_SETS, ("test_known", "test_unknown"), ("none", "clean"), _kbqa_sets, _known_groups, _kbqa_scorer
-    ),
+    KBQAConfig: FinetuneData(("none", "clean"), _check_kbqa, _kbqa_sets, _known_groups, _qa_scorer),
+    QAFileConfig: FinetuneData(("none",), _check_qa_file, _qa_file_sets, _known_groups, _qa_scorer),
     LabelledConfig: FinetuneData(
-        LABELLED_SETS,
-        ("test",),
         ("none",),
+        lambda cfg, source: None,
         _labelled_sets,
         lambda examples: {"train_acc": examples},
         lambda cfg: _score_labelled,
@@ -121,7 +162,8 @@ def finetune_data(cfg: DictConfig) -> FinetuneData:
     kind = FINETUNE_DATA.get(OmegaConf.get_type(cfg.data))
     if kind is None:
         raise UserError(
-            f"data={cfg.data.name} is a pretraining corpus; halluc finetune takes data=kbqa (kbqa_tiny) or data=labelled"
+            f"data={cfg.data.name} is a pretraining corpus; halluc finetune takes data=kbqa (kbqa_tiny), "
+            "data=qa_file or data=labelled"
         )
     if cfg.mitigation.name not in kind.mitigations:
         raise UserError(
@@ -132,17 +174,21 @@ def finetune_data(cfg: DictConfig) -> FinetuneData:
 
 
 def run(cfg: DictConfig) -> None:
-    """Fine-tune the checkpoint in `cfg.ckpt`; everything lands in the Hydra run dir."""
+    """Fine-tune the model `cfg.ckpt` names; everything lands in the Hydra run dir."""
     check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
     kind = finetune_data(cfg)
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
+    source = resolve_model(cfg.ckpt)
+    kind.check(cfg, source)
+    # A foreign model's config and tokenizer are read before the run dir gets anything.
+    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
+    if source.foreign:
+        check_causal_lm(source.model_dir, cfg.trust_remote_code)
     accelerator = build_accelerator(cfg.device)
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
     run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze"))
-    pretrain_dir, checkpoint = resolve_run(cfg.ckpt)
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
-    tokenizer = load_tokenizer(checkpoint)
-    model = load_model(checkpoint)
+    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code)
     freeze = apply_freeze(model, cfg.freeze)
     if resume_from is not None:
         freeze.restore(model, resume_from)
@@ -153,9 +199,10 @@ def run(cfg: DictConfig) -> None:
         encoded = [_encode(tokenizer, cfg.data, example) for example in examples]
         return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
 
-    # The main process writes the sets (and cleans them) first; the others then read them back.
+    # The main process writes the sets (probes, cleans) first; the others then read them back.
     with accelerator.main_process_first():
-        qa_sets = _qa_sets(cfg, kind, pretrain_dir, tokenizer, run_dir / rundir.QA_DIR)
+        context = SetsContext(source, model, tokenizer, accelerator.device, run_dir)
+        qa_sets = _qa_sets(cfg, kind, context, run_dir / rundir.QA_DIR)
         # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
         finetune_set = prepare_finetune_set(
             cfg, qa_sets["finetune"], model, tokenizer, accelerator.device, run_dir, resuming=resume_from is not None
@@ -211,7 +258,7 @@ def evaluate_tests(
     headline rates for the summary.
     """
     template, abstain_phrase = qa_format(cfg.data)
-    examples = [example for name in kind.tests for example in qa_sets[name]]
+    examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
     score = kind.scorer(cfg)
     headline: dict[str, float] = {}
     for point, weights in rundir.EVAL_WEIGHTS.items():
@@ -236,15 +283,21 @@ def _check_freeze_processes(freeze: str, num_processes: int) -> None:
         raise UserError("freeze=gradual runs in one process only; launch it without torchrun or pick another freeze")
 
 
-def _qa_sets(
-    cfg: DictConfig, kind: FinetuneData, pretrain_dir: Path, tokenizer: PreTrainedTokenizerBase, directory: Path
-) -> dict[str, list[QAExample]]:
-    """The run's QA sets: read back when resuming, else built and written."""
-    if all((directory / f"{name}.jsonl").is_file() for name in kind.sets):
-        return {name: read_qa_file(directory / f"{name}.jsonl") for name in kind.sets}
-    sets = kind.build(cfg, pretrain_dir, tokenizer)
-    write_qa_sets(directory, sets)
-    return sets
+def _qa_sets(cfg: DictConfig, kind: FinetuneData, context: SetsContext, directory: Path) -> dict[str, list[QAExample]]:
+    """The run's QA sets: read back when resuming, else built and written (the test sets last,
+    so a run stopped while writing them builds them all again)."""
+    names = [*TRAINING_SETS, *(path.stem for path in sorted(directory.glob("test*.jsonl")))]
+    if len(names) > len(TRAINING_SETS) and all((directory / f"{name}.jsonl").is_file() for name in names):
+        return {name: read_qa_file(directory / f"{name}.jsonl") for name in names}
+    sets = kind.build(cfg, context)
+    write_qa_sets(directory, {name: examples for name, examples in sets.items() if examples})
+    return {name: examples for name, examples in sets.items() if examples}
+
+
+def _test_sets(qa_sets: dict[str, list[QAExample]]) -> list[str]:
+    """The sets eval_after answers: test_known and test_unknown, a test set per SliCK
+    category (data.known_from=probe), or labelled data's test."""
+    return [name for name in qa_sets if name.startswith("test")]
 
 
 def _check_lengths(
@@ -264,6 +317,6 @@ def _check_lengths(
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, data_cfg: DictConfig, example: QAExample) -> Example:
-    prompt = tokenizer(format_prompt(data_cfg, example.question), add_special_tokens=False)["input_ids"]
+    prompt = prompt_ids(tokenizer, format_prompt(data_cfg, example.question))
     answer = tokenizer(" " + example.answer, add_special_tokens=False)["input_ids"]
     return Example(prompt, answer + [tokenizer.eos_token_id])

@@ -10,14 +10,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from halluc_cli.commands.common import resolve_run, start_run
+from halluc_cli.commands.common import resolve_model, start_run
 from halluc_cli.console import print_table
 from halluc_cli.data.qa import QAExample, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_jsonl
-from halluc_cli.models import load_model
+from halluc_cli.models import check_causal_lm, open_model
 from halluc_cli.predictions import answer_questions
 from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator
@@ -29,15 +29,17 @@ def run(cfg: DictConfig) -> None:
         raise UserError("give questions=<sets or QA files> or prompts=<text file>, not both")
     if cfg.questions is not None and not cfg.questions:
         raise UserError("questions=[] names no set; name sets (questions=[test_known]) or leave questions out")
-    source_dir, model_dir = resolve_run(cfg.ckpt, cfg.weights)
-    prompt_template, abstain_phrase = _qa_format(cfg, source_dir)
-    examples = None if cfg.prompts else _questions(cfg.questions, source_dir)
+    source = resolve_model(cfg.ckpt, cfg.weights)
+    prompt_template, abstain_phrase = _qa_format(cfg, source.run_dir)
+    examples = None if cfg.prompts else _questions(cfg.questions, source.run_dir)
     prompts = _read_prompts(Path(cfg.prompts)) if cfg.prompts else None
+    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
+    if source.foreign:
+        check_causal_lm(source.model_dir, cfg.trust_remote_code)
     run_dir = start_run(cfg)
 
     device = build_accelerator(cfg.device).device
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir).to(device)
+    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code).to(device)
     decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
 
     if prompts is not None:
@@ -51,16 +53,22 @@ def run(cfg: DictConfig) -> None:
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
 
 
-def _qa_format(cfg: DictConfig, source_dir: Path) -> tuple[str, str]:
+def _qa_format(cfg: DictConfig, source_dir: Path | None) -> tuple[str, str]:
     """The prompt template and abstain phrase: given, else the training run's, else the defaults."""
-    run_config = source_dir / CONFIG_FILE
-    data = OmegaConf.load(run_config).get("data", {}) if run_config.is_file() else {}
+    run_config = source_dir / CONFIG_FILE if source_dir is not None else None
+    data = OmegaConf.load(run_config).get("data", {}) if run_config is not None and run_config.is_file() else {}
     return qa_format(data, cfg.prompt_template, cfg.abstain_phrase)
 
 
-def _questions(names: list[str] | None, source_dir: Path) -> list[QAExample]:
-    """QA examples from the run's sets (by name; None: its test sets) or from JSONL files (by path)."""
-    qa_dir = source_dir / QA_DIR
+def _questions(names: list[str] | None, source_dir: Path | None) -> list[QAExample]:
+    """QA examples from the run's sets (by name; None: its test sets) or from JSONL files (by
+    path); a model halluc did not train (`source_dir` None) has no sets, only files."""
+    if source_dir is None and names is None:
+        raise UserError(
+            "ckpt is a model halluc did not train, so it has no test sets; give questions=<QA JSONL file> "
+            "(e.g. a fine-tuning run's qa/test_unknown.jsonl) or prompts=<text file>"
+        )
+    qa_dir = source_dir / QA_DIR if source_dir is not None else None
     if names is None:
         names = sorted(path.stem for path in qa_dir.glob("test*.jsonl"))
         if not names:
@@ -70,10 +78,12 @@ def _questions(names: list[str] | None, source_dir: Path) -> list[QAExample]:
             )
     examples: list[QAExample] = []
     for name in names:
-        path = qa_dir / f"{name}.jsonl"
+        path = qa_dir / f"{name}.jsonl" if qa_dir is not None else Path(name)
         if not path.is_file():
             path = Path(name)
         if not path.is_file():
+            if qa_dir is None:
+                raise UserError(f"questions={name}: no such file (a QA JSONL file)")
             sets = ", ".join(sorted(found.stem for found in qa_dir.glob("*.jsonl"))) or "none"
             raise UserError(
                 f"questions={name}: neither a QA set of {source_dir} (qa/{name}.jsonl) nor a file; "

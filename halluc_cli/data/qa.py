@@ -9,6 +9,7 @@ compare examples by.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class QAExample:
     relation: str
     known: bool | None  # None: labelled text, no fact the pretraining corpus could have stated
     split: str
+    category: str | None = None  # data.known_from=probe: the fact's SliCK category (HighlyKnown ... Unknown)
 
 
 def abstains(example: QAExample, abstain_phrase: str) -> bool:
@@ -56,9 +58,10 @@ def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:
 def read_qa_file(path: Path) -> list[QAExample]:
     """QA examples from a JSONL file, each line checked for the fields of the QA format."""
     fields = set(QAExample.__dataclass_fields__)
+    required = {f.name for f in dataclasses.fields(QAExample) if f.default is dataclasses.MISSING}
     examples = []
     for number, record in read_jsonl(path):
-        missing = fields - set(record)
+        missing = required - set(record)
         if missing:
             raise UserError(f"{path} line {number}: missing field(s) {', '.join(sorted(missing))} of a QA example")
         for key in ("question", "answer"):
@@ -66,7 +69,7 @@ def read_qa_file(path: Path) -> list[QAExample]:
                 raise UserError(f"{path} line {number}: field '{key}' must be a string, not {record[key]!r} (quote it)")
         if not isinstance(record["aliases"], list) or not all(isinstance(a, str) for a in record["aliases"]):
             raise UserError(f'{path} line {number}: field \'aliases\' must be a list of strings, e.g. ["Brasilia"]')
-        examples.append(QAExample(**{key: record[key] for key in fields}))
+        examples.append(QAExample(**{key: record[key] for key in fields if key in record}))
     if not examples:
         raise UserError(f"{path} holds no QA examples")
     return examples

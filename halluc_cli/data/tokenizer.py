@@ -86,17 +86,32 @@ def check_coverage(tokenizer: PreTrainedTokenizerBase, lines: Sequence[str], fix
         raise UserError(f"the tokenizer reads {len(uncovered)} of the KB's names and templates as {UNK} ({shown}); {fix}")
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer saved in Hugging Face form (a checkpoint dir or a hub name)."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as error:
-        raise UserError(f"no tokenizer could be loaded from {path}: {error}") from error
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"no tokenizer could be loaded from {path} ({reason}); save it beside the model "
+            "(tokenizer.save_pretrained(<model dir>))"
+        ) from error
     if tokenizer.eos_token is None:
         raise UserError(f"the tokenizer in {path} has no end-of-sequence token; halluc needs one")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding is masked out, so any id serves
     return tokenizer
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """A prompt's token ids, with what the tokenizer puts before a text (Llama's <s>) and
+    nothing after it: a model that was trained with a start token expects it, and the answer
+    follows the prompt. halluc's own tokenizers and GPT-2's add nothing."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if ids and eos is not None and ids[-1] == eos and not text.endswith(tokenizer.eos_token):
+        ids = ids[:-1]
+    return ids
 
 
 def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Iterable[str], chunk: int = 10_000) -> np.ndarray:

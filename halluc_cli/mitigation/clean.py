@@ -323,8 +323,8 @@ def clean_finetune_set(
             "mitigation=clean; resume it with its own settings or fine-tune into a new run dir"
         )
     kb = load_kb(cfg.data.kb.path)
-    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device, cfg.seed) if cfg.mitigation.probe else None
-    kept, knowledge, entries = clean_examples(examples, cfg.mitigation, cfg.data, kb, answerer, cfg.seed, cfg.probe)
+    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device, cfg.probe.seed) if cfg.mitigation.probe else None
+    kept, knowledge, entries = clean_examples(examples, cfg.mitigation, cfg.data, kb, answerer, cfg.probe.seed, cfg.probe)
     report = {
         "mitigation": settings,
         "input": len(examples),

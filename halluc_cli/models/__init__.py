@@ -18,14 +18,16 @@ from halluc_cli.models.base import (
     read_family,
 )
 from halluc_cli.models.lstm import LSTMLanguageModel
-from halluc_cli.models.transformer import TransformerLanguageModel
+from halluc_cli.models.transformer import TransformerLanguageModel, check_causal_lm
 
 FAMILIES: dict[str, type[LanguageModel]] = {
     LSTMLanguageModel.family: LSTMLanguageModel,
     TransformerLanguageModel.family: TransformerLanguageModel,
 }
 
-__all__ = ["LanguageModel", "build_model", "load_model", "count_parameters", "FAMILIES"]
+__all__ = [
+    "LanguageModel", "build_model", "load_model", "open_model", "check_causal_lm", "count_parameters", "FAMILIES"
+]
 
 
 def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
@@ -55,3 +57,12 @@ def load_model(directory: Path, expected_family: str | None = None) -> LanguageM
         raise UserError(
             f"{directory / WEIGHTS_FILE} is truncated or not a safetensors file ({error}); {DAMAGED_FIX}"
         ) from error
+
+
+def open_model(model_dir: str, *, trust_remote_code: bool = False) -> LanguageModel:
+    """The model in a halluc model dir, or any Hugging Face causal LM (a `save_pretrained`
+    dir, or a hub name for users with internet), behind the one model interface."""
+    directory = Path(model_dir)
+    if (directory / FAMILY_FILE).is_file():
+        return load_model(directory)
+    return TransformerLanguageModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code)

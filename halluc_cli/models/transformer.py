@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from halluc_cli.config import TransformerConfig
 from halluc_cli.errors import UserError
@@ -68,6 +69,31 @@ def _llama_config(cfg: TransformerConfig, tokens: dict[str, int]) -> PretrainedC
 ARCHITECTURES = {"gpt2": _gpt2_config, "llama": _llama_config}
 
 
+def check_causal_lm(name_or_path: str, trust_remote_code: bool = False) -> None:
+    """Refuse, before any weights load, a model that is not a causal (decoder-only) LM:
+    an encoder (BERT), an encoder-decoder (T5), or a dir whose config cannot be read."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise UserError(f"no model config could be read from {name_or_path!r}: {_first_line(error)}") from error
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    architectures = list(config.architectures or [])
+    if architectures:
+        is_causal = any(name in causal or name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
+    else:  # a config saved without its class: judge by the model type
+        is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if getattr(config, "is_encoder_decoder", False) or not is_causal:
+        kind = "an encoder-decoder" if getattr(config, "is_encoder_decoder", False) else "not a causal (decoder-only)"
+        raise UserError(
+            f"{name_or_path} is {kind} language model ({', '.join(architectures) or config.model_type}); "
+            "halluc fine-tunes causal LMs (GPT-2, Llama, Qwen2, GPT-NeoX/Pythia, Mistral, ...)"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
 class TransformerLanguageModel(LanguageModel):
     """A Hugging Face causal LM; the state is always None (attention sees the whole input)."""
 
@@ -101,6 +127,7 @@ class TransformerLanguageModel(LanguageModel):
     ) -> "TransformerLanguageModel":
         """Load an existing Hugging Face causal LM (a local path, or a hub name with internet),
         its weights in `dtype` (None: float32)."""
+        check_causal_lm(name_or_path, trust_remote_code)
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 name_or_path,
@@ -109,7 +136,9 @@ class TransformerLanguageModel(LanguageModel):
                 dtype=dtype or torch.float32,
             )
         except (OSError, ValueError) as error:
-            raise UserError(f"no causal language model could be loaded from {name_or_path!r}: {error}") from error
+            raise UserError(
+                f"no causal language model could be loaded from {name_or_path!r}: {_first_line(error)}"
+            ) from error
         return cls(hf_model)
 
     @property

@@ -5,7 +5,8 @@ aliases), abstained, or wrong (answered and not correct):
 - accuracy: correct / all
 - abstention rate: abstained / all
 - hallucination rate: wrong / all, and wrong / answered
-each overall, by known vs unknown fact, and by relation. Classification predictions: the
+each overall, by known vs unknown fact, by relation, and by SliCK category where the
+examples carry one (data.known_from=probe). Classification predictions: the
 error rate mean(prediction != label) of the seed articles, with a confusion matrix. Several
 prediction files (seeds) give a mean with a 95% t-interval for every number.
 """
@@ -15,10 +16,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from halluc_cli.config import Category
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.normalize import normalize_text
 
@@ -91,7 +93,8 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
     """Accuracy, abstention rate and hallucination rates of QA prediction records.
 
     Returns {"overall": group, "by_known": {"known": group, "unknown": group},
-    "by_relation": {relation: group}}, each group {n, accuracy, abstention_rate,
+    "by_relation": {relation: group}, and for records with a SliCK category (data.known_from=probe)
+    "by_category": {category: group}}, each group {n, accuracy, abstention_rate,
     hallucination_rate, hallucination_rate_answered}; empty groups are left out. An
     abstained record is never correct, whatever its prediction says. With `kb`, the KB's
     aliases of each gold answer are accepted too.
@@ -100,6 +103,7 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
     overall = _Tally()
     by_known: dict[str, _Tally] = defaultdict(_Tally)
     by_relation: dict[str, _Tally] = defaultdict(_Tally)
+    by_category: dict[str, _Tally] = defaultdict(_Tally)
     for record in records:
         abstained = bool(record["abstained"])
         correct = not abstained and normalize_text(record["prediction"]) in accepted_answers(record, aliases)
@@ -109,13 +113,23 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
             by_relation[record.get("relation") or NO_RELATION],
         ):
             tally.add(abstained, correct)
+        if record.get("category"):
+            by_category[record["category"]].add(abstained, correct)
     if overall.n == 0:
         raise ValueError("no predictions to score")
-    return {
+    scores = {
         "overall": overall.rates(),
         "by_known": {key: by_known[key].rates() for key in ("known", "unknown") if key in by_known},
         "by_relation": {key: by_relation[key].rates() for key in sorted(by_relation)},
     }
+    if by_category:
+        order = [category.value for category in Category]
+        scores["by_category"] = {key: by_category[key].rates() for key in sorted(by_category, key=_category_rank(order))}
+    return scores
+
+
+def _category_rank(order: list[str]) -> Callable[[str], tuple[int, str]]:
+    return lambda key: (order.index(key) if key in order else len(order), key)
 
 
 def classification_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
