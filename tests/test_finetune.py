@@ -98,7 +98,7 @@ def test_killed_finetune_resumes_to_the_same_weights(
 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("finetune", *TINY, f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.exit_code == 2 and "is neither a run dir with a checkpoint/ model nor a model dir" in result.stderr
+    assert_one_line_error(result, "is neither a halluc run dir", "nor a Hugging Face model dir (with config.json)")
 
 
 def test_truncated_weights_are_one_line_error(transformer_run: Path, tmp_path: Path) -> None:

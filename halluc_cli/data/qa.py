@@ -52,7 +52,15 @@ def fact_key(example: QAExample) -> tuple[str, str]:
 def write_qa_sets(directory: Path, sets: dict[str, list[QAExample]]) -> None:
     """Each set as `<name>.jsonl` in `directory`."""
     for name, examples in sets.items():
-        atomic_write_jsonl(directory / f"{name}.jsonl", (asdict(example) for example in examples))
+        atomic_write_jsonl(directory / f"{name}.jsonl", (_record(example) for example in examples))
+
+
+def _record(example: QAExample) -> dict[str, Any]:
+    # The category only where the probe gave one (DESIGN.md's QA example).
+    record = asdict(example)
+    if record["category"] is None:
+        del record["category"]
+    return record
 
 
 def read_qa_file(path: Path) -> list[QAExample]:
