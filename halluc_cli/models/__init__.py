@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from transformers import PreTrainedTokenizerBase
 
@@ -37,8 +38,11 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Languag
     return FAMILIES[cfg.name].from_config(cfg, tokenizer)
 
 
-def load_model(directory: Path, expected_family: str | None = None) -> LanguageModel:
-    """Rebuild a saved model from its checkpoint dir alone.
+def load_model(
+    directory: Path, expected_family: str | None = None, dtype: torch.dtype | None = None
+) -> LanguageModel:
+    """Rebuild a saved model from its checkpoint dir alone, its weights in `dtype` (None:
+    float32, whatever the checkpoint holds; `weights_dtype` picks one for a device config).
 
     `expected_family` guards against continuing, say, an LSTM run with `model=transformer`.
     Weights are read from safetensors only (never unpickled); a damaged file is a UserError.
@@ -52,7 +56,7 @@ def load_model(directory: Path, expected_family: str | None = None) -> LanguageM
             f"set model={family} or use another checkpoint"
         )
     try:
-        return FAMILIES[family].load(directory)
+        return FAMILIES[family].load(directory, dtype)
     except SafetensorError as error:  # cut short (a full disk, a partial copy) or another format
         raise UserError(
             f"{directory / WEIGHTS_FILE} is truncated or not a safetensors file ({error}); {DAMAGED_FIX}"

@@ -76,8 +76,8 @@ class LanguageModel(nn.Module, ABC):
 
     @classmethod
     @abstractmethod
-    def load(cls, directory: Path) -> "LanguageModel":
-        """Rebuild the model from what `save` wrote."""
+    def load(cls, directory: Path, dtype: torch.dtype | None = None) -> "LanguageModel":
+        """Rebuild the model from what `save` wrote, its weights in `dtype` (None: float32)."""
 
     def write_family(self, directory: Path, **extra: Any) -> None:
         """Record which family saved `directory`, so loading needs no config."""

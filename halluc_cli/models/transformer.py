@@ -7,7 +7,6 @@ halluc writes loads in any `transformers` tool with `AutoModelForCausalLM.from_p
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import torch
@@ -190,15 +189,73 @@ class TransformerLanguageModel(LanguageModel):
 
     def save(self, directory: Path) -> None:
         if hasattr(self.hf, "merge_and_unload"):  # wrapped by peft for freeze=lora
-            # The merged weights, so the checkpoint loads like any other; merged in a copy, as
-            # the live model goes on training. The adapter itself goes beside it for reuse.
-            merged = copy.deepcopy(self.hf).merge_and_unload()
-            merged.save_pretrained(directory, safe_serialization=True)
+            # The merged weights, so the checkpoint loads like any other; built on the CPU, as
+            # the live model goes on training and a merged copy beside it on the GPU would not
+            # fit there. The adapter itself goes beside it for reuse.
+            base = self.hf.get_base_model()
+            base.save_pretrained(directory, state_dict=merged_state_dict(self.hf), safe_serialization=True)
             self.hf.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
         else:
             self.hf.save_pretrained(directory, safe_serialization=True)
         self.write_family(directory)
 
     @classmethod
-    def load(cls, directory: Path) -> "TransformerLanguageModel":
-        return cls.from_pretrained(str(directory))
+    def load(cls, directory: Path, dtype: torch.dtype | None = None) -> "TransformerLanguageModel":
+        """The model `save` wrote to `directory`, its weights in `dtype` (None: float32)."""
+        return cls.from_pretrained(str(directory), dtype=dtype)
+
+
+@torch.no_grad()
+def merged_state_dict(peft_model: nn.Module) -> dict[str, torch.Tensor]:
+    """What `copy.deepcopy(peft_model).merge_and_unload().state_dict()` holds, on the CPU,
+    without a second copy of the model on its device and without touching `peft_model`.
+
+    Each LoRA layer's weight is merged on the model's device, one layer at a time, and moved
+    to the CPU in the base weight's dtype; every other tensor is moved as it is. The keys are
+    those of the un-wrapped model (`x.base_layer.weight` back to `x.weight`, no `lora_*`), and
+    tensors tied in the model (GPT-2's lm_head and wte) are one tensor here too, which is how
+    `save_pretrained` recognises them. Vanilla LoRA only (no DoRA or other variants, no
+    `lora_bias`): what `freeze=lora` builds.
+    """
+    from peft.tuners.lora import LoraLayer  # imported here: peft takes seconds to import
+
+    base = peft_model.get_base_model()
+    lora_layers = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    # By the identity of the live tensor, so a tied weight is moved (or merged) once, and all
+    # its names share the result.
+    on_cpu = {id(layer.get_base_layer().weight): _merged_weight(layer) for layer in lora_layers.values()}
+    state = {}
+    # keep_vars: the Parameters themselves, whose identity ties share.
+    for key, tensor in base.state_dict(keep_vars=True).items():
+        plain_key = _unwrapped_key(key, lora_layers)
+        if plain_key is None:
+            continue
+        if id(tensor) not in on_cpu:
+            # Copied off a GPU; a CPU model's own tensor is used as it is (saving only reads it).
+            on_cpu[id(tensor)] = tensor.detach().cpu()
+        state[plain_key] = on_cpu[id(tensor)]
+    return state
+
+
+def _merged_weight(layer: nn.Module) -> torch.Tensor:
+    """`layer`'s base weight plus its active adapters' deltas, as peft's merge computes it
+    (the sum in the adapters' precision, rounded once to the weight's), on the CPU."""
+    weight = layer.get_base_layer().weight
+    merged = weight.detach()
+    held = layer.lora_A.keys() | layer.lora_embedding_A.keys()  # linear layers, embeddings
+    for adapter in layer.active_adapters:
+        if adapter in held:
+            merged = merged + layer.get_delta_weight(adapter)
+    return merged.to("cpu", weight.dtype)
+
+
+def _unwrapped_key(key: str, lora_layers: dict[str, nn.Module]) -> str | None:
+    """`key` as the model without peft's layers names it, or None for an adapter's own tensor."""
+    parts = key.split(".")
+    for end in range(len(parts) - 1, 0, -1):
+        layer = ".".join(parts[:end])
+        if layer in lora_layers:
+            if parts[end] != "base_layer":
+                return None  # lora_A, lora_B, ...
+            return ".".join(parts[:end] + parts[end + 1 :])
+    return key

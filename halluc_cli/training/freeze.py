@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
@@ -252,6 +253,21 @@ def apply_freeze(model: LanguageModel, cfg: FreezeConfig) -> FreezeStrategy:
     if not any(p.requires_grad for p in model.parameters()):
         raise UserError(f"freeze={cfg.name} with these settings leaves no parameter trainable")
     return strategy
+
+
+def train_in_fp32(model: LanguageModel, strategy: FreezeStrategy) -> None:
+    """Cast the parameters `strategy` trains to float32; the frozen ones keep their dtype.
+
+    Call it after `apply_freeze`, before the optimizer is built. With the weights loaded in
+    bf16/fp16 (`weights_dtype`), the optimizer keeps full-precision masters of what trains
+    (LoRA adapters, unfrozen layers): bf16 has 8 bits of mantissa, so updates much smaller
+    than a weight would round away, and fp16 gradients are refused by the fp16 grad scaler.
+    "What trains" is `optimizer_parameters`, not `requires_grad`: gradual unfreezing's later
+    blocks train too. Casting `.data` keeps each Parameter (and so weight ties) as it is.
+    """
+    for p in strategy.optimizer_parameters(model):
+        if p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def _train_only(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -52,6 +52,13 @@ def test_save_load_round_trip(cfg, tokenizer, tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.bin"))  # safetensors only
 
 
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c.name}-{c.num_layers}")
+def test_load_in_a_dtype(cfg, tokenizer, tmp_path: Path) -> None:
+    build_model(cfg, tokenizer).save(tmp_path)
+    assert {p.dtype for p in load_model(tmp_path, dtype=torch.bfloat16).parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in load_model(tmp_path).parameters()} == {torch.float32}
+
+
 def test_transformer_checkpoint_loads_in_plain_transformers(tokenizer, tmp_path: Path) -> None:
     model = build_model(TransformerConfig(hidden_dim=16, num_layers=2, num_heads=2), tokenizer).eval()
     model.save(tmp_path)

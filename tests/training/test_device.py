@@ -16,7 +16,14 @@ from halluc_cli.models import LanguageModel, load_model
 from halluc_cli.models.lstm import LSTMLanguageModel
 from halluc_cli.training.batches import TokenStream
 from halluc_cli.training.checkpoint import TRAINING_STATE_FILE
-from halluc_cli.training.device import PinnedBatches, build_accelerator, pin_batches, resolve_precision, use_gpu
+from halluc_cli.training.device import (
+    PinnedBatches,
+    build_accelerator,
+    pin_batches,
+    resolve_precision,
+    use_gpu,
+    weights_dtype,
+)
 from halluc_cli.training.loop import Trainer
 
 
@@ -33,6 +40,12 @@ from halluc_cli.training.loop import Trainer
 )
 def test_precision_choice(precision: str, on_gpu: bool, native_bf16: bool, expected: str) -> None:
     assert resolve_precision(precision, on_gpu, native_bf16) == expected
+
+
+def test_weights_load_in_the_autocast_precision() -> None:
+    assert weights_dtype("bf16") == torch.bfloat16
+    assert weights_dtype("fp16") == torch.float16
+    assert weights_dtype("no") == torch.float32
 
 
 def test_bad_precisions_are_user_errors() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -26,7 +28,9 @@ from halluc_cli.config import (
 from halluc_cli.data.tokenizer import train_tokenizer
 from halluc_cli.errors import UserError
 from halluc_cli.models import build_model, count_parameters, load_model
-from halluc_cli.training.freeze import STRATEGIES, FreezeStrategy, apply_freeze
+from halluc_cli.models.base import WEIGHTS_FILE
+from halluc_cli.training.device import weights_dtype
+from halluc_cli.training.freeze import STRATEGIES, FreezeStrategy, apply_freeze, train_in_fp32
 
 VOCAB_LINES = [f"word{i} and some other words number {i % 7}" for i in range(40)]
 MODELS = {
@@ -88,14 +92,18 @@ def _freeze_config(name: str, *overrides: str):
         return compose(config_name="finetune", overrides=overrides).freeze
 
 
-def _train(model, strategy: FreezeStrategy, tokenizer, steps: int = 3) -> None:
-    """A few AdamW steps (with weight decay) on random tokens, as the trainer runs them."""
+def _train(
+    model, strategy: FreezeStrategy, tokenizer, steps: int = 3, autocast: torch.dtype | None = None
+) -> None:
+    """A few AdamW steps (with weight decay) on random tokens, as the trainer runs them;
+    forward under `autocast` when given (as accelerate's mixed precision does)."""
     torch.manual_seed(1)
     optimizer = torch.optim.AdamW(strategy.optimizer_parameters(model), lr=1e-2, weight_decay=0.1)
     for step in range(steps):
         strategy.on_step(model, step)
         ids = torch.randint(0, len(tokenizer), (2, 6))
-        logits, _ = model(ids[:, :-1])
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            logits, _ = model(ids[:, :-1])
         F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -113,12 +121,14 @@ def _check_moved(model, before: dict[str, torch.Tensor], trainable: set[int]) ->
             assert torch.equal(p, before[name]), f"{name} should be frozen"
 
 
-def _check_trains_exactly(model, strategy: FreezeStrategy, tokenizer, expected: set[int]) -> None:
+def _check_trains_exactly(
+    model, strategy: FreezeStrategy, tokenizer, expected: set[int], autocast: torch.dtype | None = None
+) -> None:
     """The `expected` parameters (by id) and no others require grad, move in training, and
     the rest stay bitwise as they were."""
     assert {id(p) for p in model.parameters() if p.requires_grad} == expected
     before = _snapshot(model)
-    _train(model, strategy, tokenizer)
+    _train(model, strategy, tokenizer, autocast=autocast)
     _check_moved(model, before, expected)
 
 
@@ -355,6 +365,72 @@ def test_lora_save_writes_a_merged_model_and_the_adapter(tokenizer, tmp_path: Pa
     again.restore(resumed, tmp_path / "ckpt")
     with torch.no_grad():
         torch.testing.assert_close(resumed.eval()(ids)[0], live, rtol=1e-5, atol=1e-5)
+
+
+def _check_saved_as_merge_and_unload(model, directory: Path, dtype: torch.dtype) -> None:
+    """`directory` holds what `merge_and_unload` of a copy of `model` would, in `dtype`,
+    loadable by plain transformers."""
+    expected = copy.deepcopy(model.hf).merge_and_unload().state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).state_dict()
+    assert saved.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert saved[key].dtype == dtype
+        torch.testing.assert_close(saved[key], tensor, msg=key)
+
+
+@pytest.mark.parametrize("model_name", ["gpt2-tied", "llama"])  # Conv1D and tied; nn.Linear
+def test_lora_save_merges_like_merge_and_unload_and_leaves_the_model(
+    model_name: str, tokenizer, tmp_path: Path
+) -> None:
+    _model(model_name, tokenizer).save(tmp_path / "plain")
+    model = _model(model_name, tokenizer)
+    strategy = apply_freeze(model, LoraFreezeConfig(rank=4))
+    _train(model, strategy, tokenizer)  # lora_B starts at zero: a merge of untrained adapters proves nothing
+    before = _snapshot(model)
+    model.save(tmp_path / "ckpt")
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+
+    # The keys of the un-wrapped model, each once (GPT-2's tied lm_head not apart from wte).
+    written = load_file(tmp_path / "ckpt" / WEIGHTS_FILE)
+    assert written.keys() == load_file(tmp_path / "plain" / WEIGHTS_FILE).keys()
+    _check_saved_as_merge_and_unload(model, tmp_path / "ckpt", torch.float32)
+    if model_name == "gpt2-tied":
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt")
+        assert plain.get_output_embeddings().weight is plain.get_input_embeddings().weight
+
+    # Training goes on from the untouched live model.
+    _check_trains_exactly(model, strategy, tokenizer, EXPECTED["lora"](model))
+
+
+def test_lora_on_bf16_weights_trains_fp32_adapters(tokenizer, tmp_path: Path) -> None:
+    _model("llama", tokenizer).save(tmp_path / "base")
+    model = load_model(tmp_path / "base", dtype=weights_dtype("bf16"))
+    strategy = apply_freeze(model, LoraFreezeConfig(rank=4))
+    train_in_fp32(model, strategy)
+    adapters = EXPECTED["lora"](model)
+    for name, p in model.named_parameters():
+        assert p.dtype == (torch.float32 if id(p) in adapters else torch.bfloat16), name
+
+    _check_trains_exactly(model, strategy, tokenizer, adapters, autocast=torch.bfloat16)
+
+    model.save(tmp_path / "ckpt")
+    assert {t.dtype for t in load_file(tmp_path / "ckpt" / WEIGHTS_FILE).values()} == {torch.bfloat16}
+    _check_saved_as_merge_and_unload(model, tmp_path / "ckpt", torch.bfloat16)
+
+
+# Not head_only on the tied GPT-2: its fp32 embeddings would feed bf16 LayerNorms, which
+# autocast casts on a GPU but not on the CPU.
+@pytest.mark.parametrize("name, model_name", [("layers", "gpt2-tied"), ("gradual", "gpt2-tied"), ("head_only", "llama")])
+def test_train_in_fp32_casts_only_what_trains(name: str, model_name: str, tokenizer) -> None:
+    model = _model(model_name, tokenizer).to(torch.bfloat16)
+    strategy = apply_freeze(model, _freeze_config(name))
+    train_in_fp32(model, strategy)
+    trains = {id(p) for p in strategy.optimizer_parameters(model)}  # gradual: all, from the start
+    for p in model.parameters():
+        assert p.dtype == (torch.float32 if id(p) in trains else torch.bfloat16)
+    if model_name == "gpt2-tied":
+        assert model.output_head().weight is model.input_embeddings().weight  # cast or not, still one
+    _check_trains_exactly(model, strategy, tokenizer, EXPECTED[name](model), autocast=torch.bfloat16)
 
 
 def test_lora_restore_errors(tokenizer, tmp_path: Path) -> None:
