@@ -68,7 +68,7 @@ def test_unknown_question_set_is_a_clear_error(finetuned: Path, tmp_path: Path) 
 
 def test_ckpt_that_is_no_run(tmp_path: Path) -> None:
     result = run_cli("generate", f"ckpt={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert result.exit_code == 2 and "neither a run dir" in result.stderr
+    assert result.exit_code == 2 and "neither a halluc run dir" in result.stderr
 
 
 def test_truncated_weights_are_one_line_error(lstm_run: Path, tmp_path: Path) -> None:

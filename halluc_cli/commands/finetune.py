@@ -38,10 +38,10 @@ from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, 
 from halluc_cli.predictions import answer_questions
 from halluc_cli.probe import CATEGORIES, ModelAnswerer, knowledge_records, model_identity, probe_pool
 from halluc_cli.training.batches import Example, ExampleBatches
-from halluc_cli.training.device import build_accelerator, pin_batches
+from halluc_cli.training.device import build_accelerator, load_dtype, pin_batches
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
-from halluc_cli.training.freeze import apply_freeze
+from halluc_cli.training.freeze import apply_freeze, train_in_fp32
 from halluc_cli.training.loop import Trainer
 
 
@@ -188,8 +188,9 @@ def run(cfg: DictConfig) -> None:
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
     run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze"))
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
-    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code)
+    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=load_dtype(accelerator))
     freeze = apply_freeze(model, cfg.freeze)
+    train_in_fp32(model, freeze)  # frozen weights stay in their (GPU: low) precision; what trains is fp32
     if resume_from is not None:
         freeze.restore(model, resume_from)
     describe_model(model, notes=freeze.notes)
@@ -236,7 +237,9 @@ def run(cfg: DictConfig) -> None:
         "total_parameters": total,
     }
     if cfg.eval_after and accelerator.is_main_process:
-        summary.update(evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device))
+        summary.update(
+            evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device, load_dtype(accelerator))
+        )
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
         print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
@@ -249,6 +252,7 @@ def evaluate_tests(
     qa_sets: dict[str, list[QAExample]],
     tokenizer: PreTrainedTokenizerBase,
     device: torch.device,
+    dtype: torch.dtype,
 ) -> dict[str, float]:
     """Answer the test sets with the best and the final weights, and score them.
 
@@ -265,7 +269,7 @@ def evaluate_tests(
         model_dir = complete_dir(run_dir / weights)
         if model_dir is None:
             continue
-        model = load_model(model_dir).to(device)
+        model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
         records = answer_questions(decoder, examples, template, abstain_phrase)
         scores, rates = score(records)

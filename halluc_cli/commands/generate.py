@@ -20,7 +20,7 @@ from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.models import check_causal_lm, open_model
 from halluc_cli.predictions import answer_questions
 from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
-from halluc_cli.training.device import build_accelerator
+from halluc_cli.training.device import build_accelerator, load_dtype
 
 
 def run(cfg: DictConfig) -> None:
@@ -38,8 +38,10 @@ def run(cfg: DictConfig) -> None:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
     run_dir = start_run(cfg)
 
-    device = build_accelerator(cfg.device).device
-    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code).to(device)
+    accelerator = build_accelerator(cfg.device)
+    device = accelerator.device
+    dtype = load_dtype(accelerator)
+    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=dtype).to(device)
     decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
 
     if prompts is not None:

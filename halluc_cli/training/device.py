@@ -80,6 +80,15 @@ def weights_dtype(mixed_precision: str) -> torch.dtype:
     return WEIGHT_DTYPES[mixed_precision]
 
 
+def load_dtype(accelerator: Accelerator) -> torch.dtype:
+    """The dtype a command loads its model's weights in: `weights_dtype` on a GPU; float32 on
+    the CPU, whose autocast leaves LayerNorm in its input's dtype (fp32 activations would meet
+    bf16 frozen norms and fail), and whose bf16 matmuls are slow anyway."""
+    if accelerator.device.type != "cuda":
+        return torch.float32
+    return weights_dtype(accelerator.mixed_precision)
+
+
 def _native_bf16() -> bool:
     # Not torch.cuda.is_bf16_supported() alone: by default it also says yes for pre-Ampere
     # GPUs that only emulate bf16, several times slower than their fp16 tensor cores.
