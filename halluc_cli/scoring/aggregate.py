@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from halluc_cli.config import Category
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
@@ -36,8 +37,12 @@ from halluc_cli.rundir import (
 )
 from halluc_cli.scoring.metrics import is_number, mean_interval
 
+CATEGORY_NAMES = tuple(category.value for category in Category)
 # What tells runs apart, in table order; runs equal in all of these are seeds of one group.
-CHOICES = ("model", "paraphrases", "freeze", "mitigation", "unknown_label", "unknown_fraction")
+CHOICES = (
+    "model", "paraphrases", "freeze", "mitigation", "unknown_label", "known_from", "finetune_category",
+    "unknown_fraction",
+)
 # Column name -> where the number sits in a scores.json (score_predictions output).
 METRICS: dict[str, tuple[str, ...]] = {
     "known_accuracy": ("by_known", "known", "accuracy"),
@@ -49,6 +54,12 @@ METRICS: dict[str, tuple[str, ...]] = {
     "unknown_abstention_rate": ("by_known", "unknown", "abstention_rate"),
     # runs verified against the KB: the share of answers marked contradicted that were wrong
     "verifier_precision": ("verification", "precision"),
+    # data.known_from=probe: each SliCK category's test set (Gekhman et al. 2024, Table 2)
+    **{
+        f"{category}_{rate}": ("by_category", category, rate)
+        for category in CATEGORY_NAMES
+        for rate in ("accuracy", "hallucination_rate")
+    },
 }
 # Costs from summary.json, averaged over seeds like the metrics.
 COSTS = ("seconds", "trainable_parameters")
@@ -239,6 +250,8 @@ def read_run(path: Path) -> Run:
         "freeze": str(freeze.get("name", "none")),
         "mitigation": str(mitigation.get("name", "none")),
         "unknown_label": str(data.get("unknown_label", "answer")),
+        "known_from": str(data.get("known_from", "split")),
+        "finetune_category": str(data.get("finetune_category") or "mixed"),
         "unknown_fraction": _number(data["unknown_fraction"], "data.unknown_fraction"),
     }
     seed = config.get("seed", 0)

@@ -47,6 +47,10 @@ def print_sweep(sweep: aggregate.Sweep) -> None:
     columns = dict(_SWEEP_COLUMNS)
     if any("verification" in scores for run in sweep.runs for scores in run.scores.values()):
         columns["verifier_precision"] = "verifier\nprecision"
+    probed = {category for run in sweep.runs for scores in run.scores.values() for category in scores.get("by_category", {})}
+    for category in aggregate.CATEGORY_NAMES:  # data.known_from=probe: accuracy per SliCK category
+        if category in probed:
+            columns[f"{category}_accuracy"] = f"acc\n{category}"
     for header in columns.values():
         table.add_column(header, justify="right", overflow="fold")
     for group in sweep.groups:
