@@ -22,8 +22,8 @@ from transformers import PreTrainedTokenizerBase
 from halluc_cli import rundir
 from halluc_cli.commands.common import ModelSource, checkpoint_to_resume, describe_model, resolve_model, start_run
 from halluc_cli.config import KBQAConfig, KnownFrom, LabelledConfig, QAFileConfig
-from halluc_cli.console import print_table
-from halluc_cli.data.categories import category_sets, kb_pool, read_user_qa_file
+from halluc_cli.console import print_table, print_warning
+from halluc_cli.data.categories import category_sets, guessable_relations, kb_pool, read_user_qa_file
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import build_qa_sets, load_split
 from halluc_cli.data.labelled import build_labelled_sets, check_label_words
@@ -102,6 +102,12 @@ def _qa_file_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExa
 def _probed_sets(cfg: DictConfig, context: SetsContext, pool: list[QAExample]) -> dict[str, list[QAExample]]:
     """Ask the model about every fact of the pool (SliCK), record the categories in the run
     dir, and draw the sets from them."""
+    for relation, (answer, share) in guessable_relations(pool).items():
+        print_warning(
+            f"relation {relation!r}: the answer {answer!r} is right for {share:.0%} of its facts, so a model that "
+            "guesses it passes for knowing them and the probe cannot tell (Gekhman et al. use relations with many "
+            "answers); leave it out with data.relations, or read its categories with that in mind"
+        )
     answerer = ModelAnswerer(context.model, context.tokenizer, cfg.probe, context.device, cfg.probe.seed)
     knowledge = probe_pool(pool, answerer, cfg.probe, cfg.data, model_identity(context.source.model_dir))
     atomic_write_jsonl(context.run_dir / rundir.CATEGORIES_FILE, knowledge_records(pool, knowledge))

@@ -7,7 +7,9 @@ categories instead of from a pretraining run's record of what it read.
 1. The pool: one question per fact, from the KB (`kb_pool`: each fact of the chosen
    relations, its question drawn from the relation's templates) or from your own QA file
    (`read_user_qa_file`: JSONL or CSV, EntityQuestions-style).
-2. The probe categorizes each fact (cached; `probe.cached_knowledge`).
+2. The probe categorizes each fact (cached; `probe.probe_pool`). Where a relation's most
+   common answer is right for many of its facts (`guessable_relations`), a lucky guess
+   passes for knowledge: finetune names such relations before it probes.
 3. `category_sets`: a fine-tuning set whose Unknown share is exactly `unknown_fraction`
    (the Known side drawn from HighlyKnown, MaybeKnown and WeaklyKnown alike), or of one
    category alone (`finetune_category`, the paper's single-category sets); a validation set
@@ -19,6 +21,7 @@ from __future__ import annotations
 import csv
 import random
 import re
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,11 +30,14 @@ from typing import Any
 from halluc_cli.config import Category, KBQAConfig, QAFileConfig, QASetsConfig, UnknownLabel
 from halluc_cli.data.kb import CSV_ALIAS_SEPARATOR
 from halluc_cli.data.kbqa import load_facts
+from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.qa import QAExample, fact_key
 from halluc_cli.errors import UserError
 from halluc_cli.io import read_jsonl
 
 KNOWN_CATEGORIES = (Category.HighlyKnown, Category.MaybeKnown, Category.WeaklyKnown)
+# A relation whose most common answer is right this often is one a guess gets right.
+GUESSABLE = 0.1
 QA_FILE_FIELDS = ("question", "answer")  # required; aliases, subject and relation are optional
 
 
@@ -132,6 +138,23 @@ def _check_one_answer(examples: list[QAExample], path: Path) -> None:
                 f"{path}: {example.question!r} is asked twice with the answers {first.answer!r} and {example.answer!r}; "
                 "keep one and list the other under its aliases"
             )
+
+
+def guessable_relations(pool: Sequence[QAExample], threshold: float = GUESSABLE) -> dict[str, tuple[str, float]]:
+    """The relations whose most common answer is right for more than `threshold` of their
+    facts (a continent: "Africa" for about a quarter of the countries), with that answer and
+    its share: there a model that always guesses it looks as if it knew those facts, and the
+    probe cannot tell the guess from knowledge."""
+    answers: dict[str, Counter[str]] = defaultdict(Counter)
+    for example in pool:
+        answers[example.relation][normalize_text(example.answer)] += 1
+    found = {}
+    for relation, counts in sorted(answers.items()):
+        answer, count = counts.most_common(1)[0]
+        share = count / sum(counts.values())
+        if share > threshold and sum(counts.values()) > 1:
+            found[relation] = (answer, share)
+    return found
 
 
 # --- the sets ------------------------------------------------------------------------------
