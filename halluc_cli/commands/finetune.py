@@ -38,7 +38,7 @@ from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, 
 from halluc_cli.predictions import answer_questions
 from halluc_cli.probe import CATEGORIES, ModelAnswerer, knowledge_records, model_identity, probe_pool
 from halluc_cli.training.batches import Example, ExampleBatches
-from halluc_cli.training.device import build_accelerator, load_dtype, pin_batches
+from halluc_cli.training.device import build_accelerator, load_dtype, pin_batches, release_memory
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze, train_in_fp32
@@ -242,13 +242,18 @@ def run(cfg: DictConfig) -> None:
         "trainable_parameters": trainable,
         "total_parameters": total,
     }
+    family = model.family
+    # The trained model and its optimizer leave the GPU before the test sets load the saved
+    # weights: a model that fits once must not need to fit twice.
+    del trainer, model, freeze, context
+    release_memory(accelerator.device)
     if cfg.eval_after and accelerator.is_main_process:
         summary.update(
             evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device, load_dtype(accelerator))
         )
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
-        print_table(f"finetune {model.family}, freeze={cfg.freeze.name}: {run_dir}", summary)
+        print_table(f"finetune {family}, freeze={cfg.freeze.name}: {run_dir}", summary)
 
 
 def evaluate_tests(
@@ -278,6 +283,8 @@ def evaluate_tests(
         model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
         records = answer_questions(decoder, examples, template, abstain_phrase)
+        del decoder, model  # before the next point's weights load
+        release_memory(device)
         scores, rates = score(records)
         out_dir = run_dir / rundir.EVAL_DIR / point
         atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)

@@ -8,6 +8,7 @@ themselves are pure functions of the config and the GPU's abilities, testable wi
 
 from __future__ import annotations
 
+import gc
 from dataclasses import replace
 from typing import TYPE_CHECKING, Iterator
 
@@ -87,6 +88,13 @@ def load_dtype(accelerator: Accelerator) -> torch.dtype:
     if accelerator.device.type != "cuda":
         return torch.float32
     return weights_dtype(accelerator.mixed_precision)
+
+
+def release_memory(device: torch.device) -> None:
+    """Give the memory of dropped tensors back (a GPU's caching allocator keeps it otherwise)."""
+    gc.collect()  # a model's modules refer to each other: cycles only the collector frees
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _native_bf16() -> bool:
