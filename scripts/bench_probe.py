@@ -30,7 +30,7 @@ Sizes (random weights, nothing downloaded):
     tiny        2 layers x 2 heads x 32 dims, for a smoke run
 
 Usage:
-    python scripts/bench_probe.py                                 # demo size, ~1 min on 2 cores
+    python scripts/bench_probe.py --threads 1                     # demo size, ~1 min on 2 cores
     python scripts/bench_probe.py --size gpt2-small --facts 4 --loop-facts 1 --batch-size 8
     python scripts/bench_probe.py --size gpt2-small --device cuda --facts 64 --loop-facts 4
 """
