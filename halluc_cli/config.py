@@ -466,7 +466,7 @@ class DecodingConfig:
 
     name: DecodingName = DecodingName.greedy
     max_new_tokens: int = positive(16)
-    batch_size: int = positive(32)
+    batch_size: int = positive(32)  # prompts a batch (decoding=sample: each with its num_samples rows)
     stop_at_newline: bool = True  # besides end-of-sequence
 
 

@@ -4,6 +4,8 @@ Prompts are left-padded so every row's next token sits in the last column; the a
 mask (and, for the LSTM, packing) makes a padded row behave exactly as it would alone.
 After the prompt, each step feeds one token per row and carries the model's state: the
 Transformer's key-value cache or the LSTM's hidden state, so no step recomputes the past.
+Several continuations of a prompt (samples; SliCK's greedy answer beside them) share one
+pass over the prompt: its state is copied to each of its rows before the first step.
 """
 
 from __future__ import annotations
@@ -36,34 +38,61 @@ class Decoder:
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
         """`num_samples` continuations of each prompt (greedy: one), as text without the stop token."""
+        return self._generate(prompts, greedy_first=False)
+
+    def generate_with_greedy(self, prompts: list[str]) -> list[list[str]]:
+        """Each prompt's greedy continuation, then its `num_samples` sampled ones (decoding=sample):
+        what SliCK's probe asks for, all from one pass over the prompt."""
+        return self._generate(prompts, greedy_first=True)
+
+    def _generate(self, prompts: list[str], greedy_first: bool) -> list[list[str]]:
         ids = [prompt_ids(self.tokenizer, prompt) for prompt in prompts]
-        repeated = [row for row in ids for _ in range(self.samples)]
-        texts: list[str] = []
-        for start in range(0, len(repeated), self.cfg.batch_size):
-            texts.extend(self.generate_ids(repeated[start : start + self.cfg.batch_size]))
-        n = self.samples
-        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+        # Batches of prompts of about one length: little padding for every row of a prompt to
+        # store and attend over. Each prompt decodes as it would alone, whatever its batch.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        n = self.samples + greedy_first  # rows a prompt
+        texts: list[list[str]] = [[] for _ in prompts]
+        for start in range(0, len(order), self.cfg.batch_size):  # batch_size prompts, each with its rows
+            batch = order[start : start + self.cfg.batch_size]
+            rows = self.generate_ids([ids[i] for i in batch], greedy_first)
+            for index, i in enumerate(batch):
+                texts[i] = rows[index * n : (index + 1) * n]
+        return texts
 
     @torch.inference_mode()
-    def generate_ids(self, prompts: list[list[int]]) -> list[str]:
-        """Decode one batch of tokenized prompts; returns the decoded continuations."""
+    def generate_ids(self, prompts: list[list[int]], greedy_first: bool = False) -> list[str]:
+        """Decode one batch of tokenized prompts: each prompt's `num_samples` continuations (greedy:
+        one), after its greedy one if `greedy_first`, prompt after prompt, as text.
+
+        The prompts go through the model once; a prompt's rows then continue from copies of
+        its state (`repeat_state`), so its prefix is not computed again for every sample.
+        """
+        if greedy_first and self.cfg.name != "sample":
+            raise ValueError("greedy_first adds a greedy row to sampled ones; it needs decoding=sample")
         self.model.eval()
+        per_prompt = self.samples + greedy_first  # rows a prompt
         input_ids, mask = _left_pad(prompts, self.tokenizer.pad_token_id, self.device)
-        rows, width = input_ids.shape
+        width = input_ids.shape[1]
         steps = self.cfg.max_new_tokens
         # Without padding the mask says nothing the model does not assume anyway, and leaving it
         # out spares the Transformer building an attention mask (and position ids) every step.
         padded = not bool(mask.all())
-        # Each step's mask is a prefix of this one: the prompts', then ones for the new tokens.
-        full_mask = torch.cat([mask, mask.new_ones(rows, steps)], dim=1) if padded else None
         # The prompts' pass needs the logits at their last position only (the head is most of its cost).
         logits, state = self.model(input_ids, None, mask if padded else None, use_cache=True, logits_to_keep=1)
+        if per_prompt > 1:
+            state = self.model.repeat_state(state, per_prompt)
+            logits = logits.repeat_interleave(per_prompt, dim=0)
+            mask = mask.repeat_interleave(per_prompt, dim=0)
+        rows = logits.shape[0]
+        # Each step's mask is a prefix of this one: the prompts', then ones for the new tokens.
+        full_mask = torch.cat([mask, mask.new_ones(rows, steps)], dim=1) if padded else None
+        sampled = self._sampled_rows(len(prompts), per_prompt, greedy_first)
         is_stop = self._stop_table(logits.shape[-1])  # (V,): one lookup a step instead of isin
         tokens = torch.empty((rows, steps), dtype=torch.long, device=self.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         made = 0
         while made < steps:
-            token = self._choose(logits[:, -1, :])  # (B,)
+            token = self._choose(logits[:, -1, :], sampled)  # (B,)
             tokens[:, made] = token
             made += 1
             finished |= is_stop[token]
@@ -79,6 +108,15 @@ class Decoder:
             for row, length in zip(tokens.tolist(), lengths.tolist())
         ]
 
+    def _sampled_rows(self, prompts: int, per_prompt: int, greedy_first: bool) -> torch.Tensor | slice | None:
+        """Which rows `_choose` samples: none (greedy), all, or all but each prompt's first.
+        Indices rather than a mask, as a mask's indexing waits on the GPU at every step."""
+        if self.cfg.name != "sample":
+            return None
+        if not greedy_first:
+            return slice(None)
+        return torch.arange(prompts * per_prompt, device=self.device).view(prompts, per_prompt)[:, 1:].flatten()
+
     def _stop_table(self, vocab_size: int) -> torch.Tensor:
         """A (V,) bool table, True at the stop ids; read from `stop_ids` at every batch."""
         stop_ids = self.stop_ids.to(device=self.device, dtype=torch.long)
@@ -87,10 +125,16 @@ class Decoder:
         table[stop_ids] = True
         return table
 
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token of each row: argmax, or a sample after temperature, top-k, top-p."""
-        if self.cfg.name == "greedy":
-            return logits.argmax(-1)
+    def _choose(self, logits: torch.Tensor, sampled: torch.Tensor | slice | None) -> torch.Tensor:
+        """The next token of each row: the argmax, and at the `sampled` rows a draw after
+        temperature, top-k, top-p."""
+        token = logits.argmax(-1)  # (B,)
+        if sampled is not None:
+            token[sampled] = self._sample(logits[sampled])
+        return token
+
+    def _sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """One token a row, drawn from the softmax after temperature, top-k and top-p."""
         logits = logits.float() / max(self.cfg.temperature, 1e-5)
         if self.cfg.top_k > 0:
             kth = torch.topk(logits, min(self.cfg.top_k, logits.shape[-1])).values[:, -1:]

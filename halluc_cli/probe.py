@@ -40,7 +40,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import DecodingConfig, ProbeConfig, ProbePrompts, SampleDecodingConfig
+from halluc_cli.config import ProbeConfig, ProbePrompts, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
 from halluc_cli.data.tokenizer import prompt_ids
@@ -101,17 +101,15 @@ class ModelAnswerer:
     seed: int = 0
 
     def answer(self, prompts: list[str]) -> list[Answers]:
-        texts = self._texts(prompts)
-        greedy = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
+        """Each prompt's greedy answer and `num_samples` sampled ones, from one pass over it."""
         sample = SampleDecodingConfig(
             temperature=self.cfg.temperature,
             num_samples=self.cfg.num_samples,
             max_new_tokens=self.cfg.max_new_tokens,
             batch_size=self.cfg.batch_size,
         )
-        greedy_answers = self._decoder(greedy).generate(texts)
-        sampled_answers = self._decoder(sample).generate(texts)
-        return [Answers(first[0], samples) for first, samples in zip(greedy_answers, sampled_answers)]
+        decoder = Decoder(self.model.to(self.device), self.tokenizer, sample, self.device, self.seed)
+        return [Answers(first, rest) for first, *rest in decoder.generate_with_greedy(self._texts(prompts))]
 
     def _texts(self, prompts: list[str]) -> list[str]:
         # Each prompt starts as a line of the pretraining text does: after the token that
@@ -121,9 +119,6 @@ class ModelAnswerer:
         if start and prompt_ids(self.tokenizer, "a")[:1] == [self.tokenizer.bos_token_id]:
             start = ""
         return [start + prompt for prompt in prompts]
-
-    def _decoder(self, decoding: DecodingConfig) -> Decoder:
-        return Decoder(self.model.to(self.device), self.tokenizer, decoding, self.device, self.seed)
 
 
 # --- the verdict: SliCK's categories -------------------------------------------------------
@@ -143,7 +138,7 @@ def slick_categories(
 ) -> list[Knowledge]:
     """SliCK's verdict on each fact, from its probe prompts and its accepted answers.
 
-    All prompts go to the answerer at once (one greedy and one sampling pass, batched).
+    All prompts go to the answerer at once (batched: each prompt's greedy and sampled rows together).
     """
     if len(probes) != len(golds):
         raise ValueError(f"{len(probes)} probes but {len(golds)} gold answer sets")

@@ -143,3 +143,34 @@ def test_greedy_refuses_sampling_settings_at_composition() -> None:
             compose(config_name="generate", overrides=["ckpt=some/run", "decoding.num_samples=2"])
         sampled = compose(config_name="generate", overrides=["ckpt=some/run", "decoding=sample", "decoding.num_samples=2"])
     assert sampled.decoding.num_samples == 2 and sampled.decoding.temperature == 0.5
+
+
+# --- a prompt's greedy and sampled rows from one pass over it (SliCK's probe) ----------------
+
+
+@pytest.mark.parametrize("cfg", MODELS, ids=["lstm", "gpt2", "llama"])
+def test_the_greedy_row_of_shared_decoding_equals_plain_greedy_decoding(cfg, tokenizer) -> None:
+    torch.manual_seed(6)
+    model = build_model(cfg, tokenizer)
+    sample = SampleDecodingConfig(num_samples=3, temperature=1.5, max_new_tokens=6, batch_size=3, stop_at_newline=False)
+    shared = Decoder(model, tokenizer, sample).generate_with_greedy(PROMPTS)  # batches of 3 and 1 prompts
+    greedy = Decoder(model, tokenizer, DecodingConfig(max_new_tokens=6, batch_size=3, stop_at_newline=False))
+    assert [len(rows) for rows in shared] == [4] * len(PROMPTS)
+    assert [rows[0] for rows in shared] == [outputs[0] for outputs in greedy.generate(PROMPTS)]
+
+
+@pytest.mark.parametrize("cfg", MODELS[:2], ids=["lstm", "gpt2"])
+def test_shared_samples_are_seeded_and_differ_across_rows(cfg, tokenizer) -> None:
+    torch.manual_seed(7)
+    model = build_model(cfg, tokenizer)
+    sample = SampleDecodingConfig(num_samples=4, temperature=2.0, max_new_tokens=4, stop_at_newline=False)
+    first = Decoder(model, tokenizer, sample, seed=3).generate_with_greedy(PROMPTS)
+    assert first == Decoder(model, tokenizer, sample, seed=3).generate_with_greedy(PROMPTS)
+    assert first != Decoder(model, tokenizer, sample, seed=4).generate_with_greedy(PROMPTS)
+    assert all(len(set(rows[1:])) > 1 for rows in first)  # each row draws its own tokens
+
+
+def test_greedy_first_needs_sampling(tokenizer) -> None:
+    model = build_model(MODELS[1], tokenizer)
+    with pytest.raises(ValueError, match="decoding=sample"):
+        Decoder(model, tokenizer, DecodingConfig()).generate_with_greedy(PROMPTS)

@@ -20,7 +20,8 @@ from torch import nn
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 
-# What a model carries from one call to the next: the LSTM's per-layer (h, c); None otherwise.
+# What a model carries from one call to the next: the LSTM's per-layer (h, c); the
+# Transformer's key-value cache when asked for one (use_cache); None otherwise.
 State = Any
 FAMILY_FILE = "halluc_model.json"
 WEIGHTS_FILE = "model.safetensors"  # what both families (and `save_pretrained`) name the weights
@@ -57,6 +58,12 @@ class LanguageModel(nn.Module, ABC):
     def detach_state(self, state: State) -> State:
         """Cut the graph behind a carried state (truncated backpropagation through time)."""
         return state
+
+    @abstractmethod
+    def repeat_state(self, state: State, repeats: int) -> State:
+        """The state with each batch row repeated `repeats` times in a row (row i becomes rows
+        i * repeats ... i * repeats + repeats - 1), as `repeat_interleave` on the batch: several
+        continuations of one prompt then share the prompt's pass. May reuse `state`'s storage."""
 
     @abstractmethod
     def input_embeddings(self) -> nn.Module:

@@ -139,6 +139,10 @@ class LSTMLanguageModel(LanguageModel):
             return None
         return [(h.detach(), c.detach()) for h, c in state]
 
+    def repeat_state(self, state: State, repeats: int) -> State:
+        # Each layer's h and c are (1, B, H), as nn.LSTM returns them: the batch is dim 1.
+        return [(h.repeat_interleave(repeats, dim=1), c.repeat_interleave(repeats, dim=1)) for h, c in state]
+
     def input_embeddings(self) -> nn.Module:
         return self.embedding
 

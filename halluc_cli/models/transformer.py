@@ -94,7 +94,7 @@ def _first_line(error: Exception) -> str:
 
 
 class TransformerLanguageModel(LanguageModel):
-    """A Hugging Face causal LM; the state is always None (attention sees the whole input)."""
+    """A Hugging Face causal LM; its state is the key-value cache when asked for one (use_cache)."""
 
     family = "transformer"
 
@@ -172,6 +172,13 @@ class TransformerLanguageModel(LanguageModel):
             **({"logits_to_keep": logits_to_keep} if logits_to_keep else {}),
         )
         return output.logits, output.cache if use_cache else None
+
+    def repeat_state(self, state: State, repeats: int) -> State:
+        # `forward` gets a DynamicCache from `transformers` (GPT-2, Llama, Qwen2, GPT-NeoX and
+        # Mistral alike), which repeats each layer's keys and values (B, heads, T, head_dim) in
+        # place, sliding-window layers (Mistral's) included.
+        state.batch_repeat_interleave(repeats)
+        return state
 
     def input_embeddings(self) -> nn.Module:
         return self.hf.get_input_embeddings()

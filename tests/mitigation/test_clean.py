@@ -8,9 +8,18 @@ import random
 from dataclasses import replace
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from halluc_cli.config import CleanConfig, KBConfig, KBQAConfig, ProbeConfig, RelationTemplates
+from halluc_cli.config import (
+    CleanConfig,
+    DecodingConfig,
+    KBConfig,
+    KBQAConfig,
+    ProbeConfig,
+    RelationTemplates,
+    TransformerConfig,
+)
 from halluc_cli.data.kb import Fact, KnowledgeBase
 from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
@@ -25,7 +34,8 @@ from halluc_cli.mitigation.clean import (
     drop_kb_contradictions,
     normalize_examples,
 )
-from halluc_cli.models import load_model
+from halluc_cli.decoding import Decoder
+from halluc_cli.models import build_model, load_model
 from halluc_cli.probe import (
     HIGHLY_KNOWN,
     MAYBE_KNOWN,
@@ -318,6 +328,29 @@ def test_a_model_knows_the_facts_it_was_trained_on(knowing_run) -> None:
     # Seeded: the same model and seed give the same verdicts.
     again = slick_categories(probes, [[e.answer] for e in examples], ModelAnswerer(model, tokenizer, cfg, seed=0))
     assert again == verdicts
+
+
+@pytest.mark.parametrize("family", ["lstm", "transformer"])
+def test_the_probe_answers_greedily_as_the_plain_greedy_decoder(knowing_run, family: str) -> None:
+    """The probe's greedy answer comes from the rows it shares with the samples; it must be
+    the answer greedy decoding alone gives. The LSTM has read the facts, so its answers stop
+    at the stop tokens at different steps; the Transformer is untrained."""
+    checkpoint = knowing_run.path / "checkpoint"
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint)
+    if family == "transformer":
+        torch.manual_seed(0)
+        cfg = TransformerConfig(hidden_dim=32, num_layers=2, num_heads=2, max_positions=64)
+        model = build_model(OmegaConf.structured(cfg), tokenizer)
+    examples = [qa(f"e{i}", f"What is the capital of {s}?", o, s) for i, (s, o) in enumerate(knowing_run.facts)]
+    cfg = probe_cfg(num_samples=3, batch_size=5)
+    prompts = [p.text for probe in build_probes(examples, cfg, data_cfg(statements=knowing_run.statements), 0) for p in probe]
+    answers = ModelAnswerer(model, tokenizer, cfg, seed=0).answer(prompts)
+    greedy = Decoder(model, tokenizer, DecodingConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size))
+    start = tokenizer.bos_token or ""
+    assert [a.greedy for a in answers] == [outputs[0] for outputs in greedy.generate([start + p for p in prompts])]
+    assert [len(a.samples) for a in answers] == [3] * len(prompts)
+    assert answers == ModelAnswerer(model, tokenizer, cfg, seed=0).answer(prompts)  # seeded
 
 
 # --- bad settings ------------------------------------------------------------------------------

@@ -119,3 +119,21 @@ def test_transformer_attention_is_sdpa_built_and_loaded(tokenizer, tmp_path: Pat
     model.save(tmp_path)
     assert model.hf.config._attn_implementation == "sdpa"
     assert load_model(tmp_path).hf.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("cfg", [_configs()[0], _configs()[2], _configs()[3]], ids=["lstm", "gpt2", "llama"])
+def test_repeat_state_repeats_each_row_in_place(cfg, tokenizer) -> None:
+    """Row i of the state becomes rows 3i, 3i+1, 3i+2, and decoding from them continues row i."""
+    model = build_model(cfg, tokenizer).eval()
+    ids = torch.randint(0, len(tokenizer), (2, 5))
+    next_ids = torch.randint(0, len(tokenizer), (2, 1))
+    with torch.no_grad():
+        _, state = model(ids, use_cache=True)
+        expected, _ = model(torch.cat([ids, next_ids], dim=1))
+        repeated = model.repeat_state(state, 3)
+        if cfg.name == "lstm":  # per layer (h, c), each (1, B, H)
+            assert [tuple(t.shape) for layer in repeated for t in layer] == [(1, 6, 16)] * 4
+        else:  # per layer keys and values (B, heads, T, head_dim)
+            assert [tuple(layer.keys.shape) for layer in repeated.layers] == [(6, 2, 5, 8)] * 2
+        logits, _ = model(next_ids.repeat_interleave(3, dim=0), repeated, use_cache=True)
+    assert torch.allclose(logits[:, -1], expected[:, -1].repeat_interleave(3, dim=0), atol=1e-5)
