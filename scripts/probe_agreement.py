@@ -4,8 +4,9 @@ On a model halluc pretrained with data=kbqa, the run's kb_split.json says which 
 the corpus stated. Fine-tune it as a foreign model (data.known_from=probe: the probe never reads
 the split) and compare: a fact is truly unknown when its subject was not in the corpus, and the
 probe calls it Unknown when no greedy or sampled answer was right. Per relation: precision and
-recall of "Unknown" with 95% Wilson intervals (a binomial proportion each), and the table of
-category by truth.
+recall of "Unknown" with 95% Wilson intervals (a binomial proportion each), the same with
+WeaklyKnown counted as unknown too (on a relation a guess gets right, a sampled lucky guess is
+what makes an unread fact WeaklyKnown), and the table of category by truth.
 
     python scripts/probe_agreement.py --split outputs/kbqa_unknown_sweep/pretrain/kb_split.json \
         outputs/own_model/finetune/unknown_0.5/seed_1/categories.jsonl
@@ -36,16 +37,18 @@ def wilson(successes: int, trials: int) -> tuple[float, float, float] | None:
     return share, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def agreement(records: list[dict], unknown_subjects: set[str]) -> dict[str, dict]:
+def agreement(
+    records: list[dict], unknown_subjects: set[str], called_unknown: tuple[str, ...] = ("Unknown",)
+) -> dict[str, dict]:
     """relation (and "all") -> the counts of probe category by truth, and precision and
-    recall of Unknown."""
+    recall of "unknown" (the categories in `called_unknown`)."""
     by_relation: dict[str, list[dict]] = {"all": records}
     for record in records:
         by_relation.setdefault(record["relation"], []).append(record)
     result = {}
     for relation, group in sorted(by_relation.items(), key=lambda item: (item[0] == "all", item[0])):
         truly = [r["subject"] in unknown_subjects for r in group]
-        called = [r["category"] == "Unknown" for r in group]
+        called = [r["category"] in called_unknown for r in group]
         both = sum(t and c for t, c in zip(truly, called))
         table = Counter((r["category"], t) for r, t in zip(group, truly))
         result[relation] = {
@@ -72,17 +75,20 @@ def main() -> None:
     records = [json.loads(line) for line in args.categories.read_text().splitlines() if line.strip()]
     split = json.loads(args.split.read_text())
     result = agreement(records, set(split["unknown"]))
+    weakly = agreement(records, set(split["unknown"]), ("Unknown", "WeaklyKnown"))
     table = Table(title=f"SliCK probe vs the pretraining split: {args.categories}")
     for column in ("relation", "facts", "truly unknown", "probe: Unknown", "precision of Unknown [95%]",
-                   "recall of Unknown [95%]", *(f"{c}\nknown / unknown" for c in CATEGORIES)):
+                   "recall of Unknown [95%]", "Unknown or Weakly:\nprecision", "recall",
+                   *(f"{c}\nknown / unknown" for c in CATEGORIES)):
         table.add_column(column, justify="right")
     for relation, row in result.items():
         table.add_row(relation, str(row["facts"]), str(row["truly_unknown"]), str(row["called_unknown"]),
                       _cell(row["precision"]), _cell(row["recall"]),
+                      _cell(weakly[relation]["precision"]), _cell(weakly[relation]["recall"]),
                       *(f"{row['categories'][c]['known']} / {row['categories'][c]['unknown']}" for c in CATEGORIES))
-    Console(width=220).print(table)
+    Console(width=240).print(table)
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps({"unknown": result, "unknown_or_weakly_known": weakly}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ def test_precision_and_recall_of_unknown_per_relation() -> None:
     assert capital["categories"]["WeaklyKnown"] == {"known": 0, "unknown": 1}
     assert result["continent"]["precision"][0] == result["continent"]["recall"][0] == 1.0
     assert result["all"]["facts"] == 6 and list(result)[-1] == "all"
+    # WeaklyKnown counted as unknown too: D's capital joins the called, recall 2/2.
+    wider = script.agreement(records, {"B", "D"}, ("Unknown", "WeaklyKnown"))
+    assert (wider["capital"]["precision"][0], wider["capital"]["recall"][0]) == (2 / 3, 1.0)
 
 
 def test_wilson_interval_holds_the_share_and_stays_in_0_1() -> None:
