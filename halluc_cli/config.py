@@ -220,6 +220,9 @@ class Category(Choice):
     Unknown = "Unknown"
 
 
+SLICK_CATEGORIES = tuple(category.value for category in Category)  # the names, most known first
+
+
 @dataclass
 class QASetsConfig:
     """The QA sets fine-tuning draws from a pool of facts, and the prompt they are asked in."""
@@ -447,7 +450,9 @@ class ProbeConfig:
     num_samples: int = positive(16)  # sampled answers per prompt, at temperature (SliCK: 16)
     temperature: float = bounded(0.5, 0.0, low_open=True)  # SliCK's T > 0: sampled answers estimate P(T>0)
     max_new_tokens: int = positive(8)  # an answer is a name: a few tokens
-    batch_size: int = positive(64)  # prompts a decoding batch (each with its greedy and sampled rows)
+    # prompts a decoding batch, each with its 1 + num_samples rows (the KV cache grows with
+    # them: lower it where a large model runs out of GPU memory)
+    batch_size: int = positive(16)
     seed: int = 0  # draws the exemplars and the samples; fixed, so every seed of a sweep shares one probe
     # Where categories are kept, by model, facts and probe settings, so a sweep probes a model
     # once (null: never cached). A relative path is from the working directory, like outputs/.

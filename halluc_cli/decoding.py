@@ -47,6 +47,7 @@ class Decoder:
 
     def _generate(self, prompts: list[str], greedy_first: bool) -> list[list[str]]:
         ids = [prompt_ids(self.tokenizer, prompt) for prompt in prompts]
+        self._check_positions(max(map(len, ids), default=0))
         # Batches of prompts of about one length: little padding for every row of a prompt to
         # store and attend over. Each prompt decodes as it would alone, whatever its batch.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -54,10 +55,25 @@ class Decoder:
         texts: list[list[str]] = [[] for _ in prompts]
         for start in range(0, len(order), self.cfg.batch_size):  # batch_size prompts, each with its rows
             batch = order[start : start + self.cfg.batch_size]
-            rows = self.generate_ids([ids[i] for i in batch], greedy_first)
+            try:
+                rows = self.generate_ids([ids[i] for i in batch], greedy_first)
+            except torch.cuda.OutOfMemoryError as error:
+                raise UserError(
+                    f"out of GPU memory decoding {len(batch)} prompts x {n} rows; lower the batch size "
+                    "(decoding.batch_size, or probe.batch_size for the probe)"
+                ) from error
             for index, i in enumerate(batch):
                 texts[i] = rows[index * n : (index + 1) * n]
         return texts
+
+    def _check_positions(self, longest: int) -> None:
+        """Refuse prompts whose answers would run past a Transformer's position table."""
+        limit = getattr(self.model, "max_positions", None)
+        if limit is not None and longest + self.cfg.max_new_tokens > limit:
+            raise UserError(
+                f"a prompt of {longest} tokens plus max_new_tokens={self.cfg.max_new_tokens} exceeds the model's "
+                f"{limit} positions; shorten the prompts (the probe: fewer probe.shots, or probe.prompts=statements)"
+            )
 
     @torch.inference_mode()
     def generate_ids(self, prompts: list[list[int]], greedy_first: bool = False) -> list[str]:

@@ -40,7 +40,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import ProbeConfig, ProbePrompts, SampleDecodingConfig
+from halluc_cli.config import SLICK_CATEGORIES, ProbeConfig, ProbePrompts, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
 from halluc_cli.data.tokenizer import prompt_ids
@@ -51,8 +51,8 @@ from halluc_cli.io import atomic_write_jsonl, read_jsonl
 from halluc_cli.models import LanguageModel
 from halluc_cli.scoring.metrics import is_correct
 
-HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = "HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown"
-CATEGORIES = (HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN)
+CATEGORIES = SLICK_CATEGORIES
+HIGHLY_KNOWN, MAYBE_KNOWN, WEAKLY_KNOWN, UNKNOWN = CATEGORIES
 _OBJECT, _SUBJECT = "{object}", "{subject}"
 
 
@@ -298,16 +298,22 @@ def gold_answers(example: QAExample, kb: KnowledgeBase, abstain_phrase: str) -> 
 
 
 def probe_pool(
-    pool: Sequence[QAExample], answerer: Answerer, cfg: ProbeConfig, data_cfg: DictConfig, model_id: str
+    pool: Sequence[QAExample],
+    probes: Sequence[Sequence[ProbePrompt]],
+    answerer: Answerer,
+    cfg: ProbeConfig,
+    data_cfg: DictConfig,
+    model_id: str,
 ) -> list[Knowledge]:
-    """SliCK's verdict on every fact of `pool` (gold: its answer and aliases), read back from
-    `cfg.cache_dir` when this model was probed on these facts with these settings before.
+    """SliCK's verdict on every fact of `pool` (its `probes`, from `build_probes`; gold: its
+    answer and aliases), read back from `cfg.cache_dir` when this model was probed on these
+    facts with these settings before.
 
     The cache file is locked while it is made, so the runs of a sweep launched together
     (a SLURM array) probe once and the others wait for it and read it.
     """
     if cfg.cache_dir is None:
-        return _probe(pool, answerer, cfg, data_cfg)
+        return _probe(pool, probes, answerer, cfg)
     path = Path(cfg.cache_dir) / f"{_cache_key(pool, cfg, data_cfg, model_id)}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
@@ -315,7 +321,7 @@ def probe_pool(
         if cached is not None:
             console.print(f"probe: the categories of {len(pool)} facts read back from {path}", highlight=False)
             return cached
-        knowledge = _probe(pool, answerer, cfg, data_cfg)
+        knowledge = _probe(pool, probes, answerer, cfg)
         atomic_write_jsonl(path, knowledge_records(pool, knowledge))
         return knowledge
 
@@ -338,8 +344,9 @@ def model_identity(model_dir: str) -> str:
     return json.dumps([[child.name, child.stat().st_size, child.stat().st_mtime_ns] for child in files])
 
 
-def _probe(pool: Sequence[QAExample], answerer: Answerer, cfg: ProbeConfig, data_cfg: DictConfig) -> list[Knowledge]:
-    probes = build_probes(pool, cfg, data_cfg, cfg.seed)
+def _probe(
+    pool: Sequence[QAExample], probes: Sequence[Sequence[ProbePrompt]], answerer: Answerer, cfg: ProbeConfig
+) -> list[Knowledge]:
     prompts = sum(len(prompts) for prompts in probes)
     console.print(
         f"probe: {len(pool)} facts, {prompts} prompts, each answered greedily and {cfg.num_samples} times "
@@ -350,8 +357,11 @@ def _probe(pool: Sequence[QAExample], answerer: Answerer, cfg: ProbeConfig, data
 
 
 def _cache_key(pool: Sequence[QAExample], cfg: ProbeConfig, data_cfg: DictConfig, model_id: str) -> str:
-    settings = {key: value for key, value in OmegaConf.to_container(OmegaConf.structured(cfg)).items()
-                if key not in ("cache_dir", "batch_size")}  # neither changes what the probe finds
+    # Every setting but where the cache is (the batch too: it orders the sampling draws), resolved
+    # (probe.seed: ${seed} is the run's seed).
+    node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)  # a copy would lose ${seed}'s root
+    settings = OmegaConf.to_container(node, resolve=True)
+    del settings["cache_dir"]
     relations = data_cfg.kb.relations if "kb" in data_cfg else {}
     described = {
         "model": model_id,

@@ -38,6 +38,7 @@ SPLIT_FILE = "kb_split.json"  # data=kbqa: which subjects the corpus states (kno
 # --- finetune's
 QA_DIR = "qa"  # the QA sets, qa/<set>.jsonl
 CLEAN_FILE = "finetune_clean.jsonl"  # mitigation=clean: the cleaned fine-tuning set, in qa/
+QA_SETS_FILE = "sets.json"  # in qa/: the names of the run's QA sets, written after them
 CATEGORIES_FILE = "categories.jsonl"  # data.known_from=probe: each fact's SliCK category
 CLEANING_REPORT_FILE = "cleaning_report.json"  # mitigation=clean: what each cleaning step did
 EVAL_DIR = "eval"  # eval/<point>/: the test answers of one set of weights and their scores

@@ -23,7 +23,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-CATEGORIES = ("HighlyKnown", "MaybeKnown", "WeaklyKnown", "Unknown")
+from halluc_cli.config import SLICK_CATEGORIES as CATEGORIES
+
 Z = 1.959964  # the normal 97.5% quantile
 
 
@@ -74,6 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     records = [json.loads(line) for line in args.categories.read_text().splitlines() if line.strip()]
     split = json.loads(args.split.read_text())
+    # Only the relations the corpus covered: another relation's facts were never stated, known subject or not.
+    records = [record for record in records if record["relation"] in split["relations"]]
     result = agreement(records, set(split["unknown"]))
     weakly = agreement(records, set(split["unknown"]), ("Unknown", "WeaklyKnown"))
     table = Table(title=f"SliCK probe vs the pretraining split: {args.categories}")

@@ -10,6 +10,7 @@ data.known_from=probe; data=qa_file: your facts, probed; data=labelled: text -> 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,20 @@ from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, open_model
 from halluc_cli.predictions import answer_questions
-from halluc_cli.probe import CATEGORIES, ModelAnswerer, knowledge_records, model_identity, probe_pool
+from halluc_cli.probe import (
+    CATEGORIES,
+    ModelAnswerer,
+    ProbePrompt,
+    build_probes,
+    knowledge_records,
+    model_identity,
+    probe_pool,
+)
 from halluc_cli.training.batches import Example, ExampleBatches
 from halluc_cli.training.device import build_accelerator, load_dtype, pin_batches, release_memory
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
-from halluc_cli.training.freeze import apply_freeze, train_in_fp32
+from halluc_cli.training.freeze import apply_freeze, cast_for_training
 from halluc_cli.training.loop import Trainer
 
 
@@ -52,13 +61,17 @@ TRAINING_SETS = ("finetune", "valid")  # besides the test sets, what every run's
 
 @dataclass(frozen=True)
 class SetsContext:
-    """What building a run's QA sets may draw on: the model (the probe asks it) and where it came from."""
+    """What building a run's QA sets may draw on: the model (the probe asks it), where it came
+    from, and the facts to probe with their prompts (read and checked before the model loaded)."""
 
     source: ModelSource
     model: LanguageModel
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
+    precision: str  # where and how the model computes ("cuda/bf16"): part of what the probe finds
     run_dir: Path
+    pool: list[QAExample] | None  # data.known_from=probe: the facts to ask about
+    probes: list[list[ProbePrompt]] | None  # their prompts
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,9 @@ class FinetuneData:
     """What fine-tuning does with one kind of data, the schema of `cfg.data`."""
 
     mitigations: tuple[str, ...]  # the mitigation= values that apply
-    # (finetune cfg, the model's source) -> None, or a UserError before anything is written
-    check: Callable[[DictConfig, ModelSource], None]
+    # (finetune cfg, the model's source) -> the facts the probe asks (None: no probe), read and
+    # checked before anything is written or loaded; a mistake is a UserError
+    pool: Callable[[DictConfig, ModelSource], list[QAExample] | None]
     # (finetune cfg, what the sets may draw on) -> the QA sets: finetune, valid, test_*
     build: Callable[[DictConfig, SetsContext], dict[str, list[QAExample]]]
     # the fine-tuning set -> the groups whose train accuracy each evaluation logs
@@ -76,40 +90,37 @@ class FinetuneData:
     scorer: Callable[[DictConfig], Scorer]
 
 
-def _check_kbqa(cfg: DictConfig, source: ModelSource) -> None:
-    if cfg.data.known_from == KnownFrom.split and source.foreign:
+def _kbqa_pool(cfg: DictConfig, source: ModelSource) -> list[QAExample] | None:
+    if cfg.data.known_from == KnownFrom.probe:
+        return kb_pool(cfg.data)
+    if source.foreign:
         raise UserError(
             f"ckpt={cfg.ckpt} was not pretrained by halluc, so no split says which facts it read; "
             "set data.known_from=probe to find out by asking it (SliCK)"
         )
+    if cfg.data.finetune_category is not None:
+        raise UserError("data.finetune_category needs data.known_from=probe (the categories are the probe's)")
+    return None
 
 
 def _kbqa_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
     if cfg.data.known_from == KnownFrom.probe:
-        return _probed_sets(cfg, context, kb_pool(cfg.data))
+        return _probed_sets(cfg, context)
     return build_qa_sets(cfg.data, load_split(context.source.run_dir), cfg.seed)
 
 
-def _check_qa_file(cfg: DictConfig, source: ModelSource) -> None:
+def _qa_file_pool(cfg: DictConfig, source: ModelSource) -> list[QAExample]:
     if cfg.data.known_from != KnownFrom.probe:
         raise UserError("data=qa_file needs data.known_from=probe: a QA file says nothing of what the model read")
+    return read_user_qa_file(cfg.data)
 
 
-def _qa_file_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
-    return _probed_sets(cfg, context, read_user_qa_file(cfg.data))
-
-
-def _probed_sets(cfg: DictConfig, context: SetsContext, pool: list[QAExample]) -> dict[str, list[QAExample]]:
+def _probed_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
     """Ask the model about every fact of the pool (SliCK), record the categories in the run
     dir, and draw the sets from them."""
-    for relation, (answer, share) in guessable_relations(pool).items():
-        print_warning(
-            f"relation {relation!r}: the answer {answer!r} is right for {share:.0%} of its facts, so a model that "
-            "guesses it passes for knowing them and the probe cannot tell (Gekhman et al. use relations with many "
-            "answers); leave it out with data.relations, or read its categories with that in mind"
-        )
+    pool, model_id = context.pool, f"{model_identity(context.source.model_dir)} {context.precision}"
     answerer = ModelAnswerer(context.model, context.tokenizer, cfg.probe, context.device, cfg.probe.seed)
-    knowledge = probe_pool(pool, answerer, cfg.probe, cfg.data, model_identity(context.source.model_dir))
+    knowledge = probe_pool(pool, context.probes, answerer, cfg.probe, cfg.data, model_id)
     atomic_write_jsonl(context.run_dir / rundir.CATEGORIES_FILE, knowledge_records(pool, knowledge))
     counts = {category: sum(k.category == category for k in knowledge) for category in CATEGORIES}
     print_table(f"SliCK categories of {len(pool)} facts ({context.run_dir / rundir.CATEGORIES_FILE})", counts)
@@ -151,8 +162,8 @@ def _score_labelled(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict
 
 
 FINETUNE_DATA: dict[type, FinetuneData] = {
-    KBQAConfig: FinetuneData(("none", "clean"), _check_kbqa, _kbqa_sets, _known_groups, _qa_scorer),
-    QAFileConfig: FinetuneData(("none",), _check_qa_file, _qa_file_sets, _known_groups, _qa_scorer),
+    KBQAConfig: FinetuneData(("none", "clean"), _kbqa_pool, _kbqa_sets, _known_groups, _qa_scorer),
+    QAFileConfig: FinetuneData(("none",), _qa_file_pool, _probed_sets, _known_groups, _qa_scorer),
     LabelledConfig: FinetuneData(
         ("none",),
         lambda cfg, source: None,
@@ -185,18 +196,23 @@ def run(cfg: DictConfig) -> None:
     kind = finetune_data(cfg)
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
     source = resolve_model(cfg.ckpt)
-    kind.check(cfg, source)
-    # A foreign model's config and tokenizer are read before the run dir gets anything.
-    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
+    # What can be checked without the weights is, before the run dir gets anything: the facts
+    # and their probe prompts, a foreign model's config, the tokenizer.
+    pool = kind.pool(cfg, source)
+    probes = _probe_prompts(cfg, pool) if pool is not None else None
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     accelerator = build_accelerator(cfg.device)
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
     run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze"))
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
-    model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=load_dtype(accelerator))
+    model = open_model(
+        source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=load_dtype(accelerator, training=True)
+    )
     freeze = apply_freeze(model, cfg.freeze)
-    train_in_fp32(model, freeze)  # frozen weights stay in their (GPU: low) precision; what trains is fp32
+    # What trains in fp32 (the optimizer's masters), the frozen rest in the GPU's precision.
+    cast_for_training(model, freeze, load_dtype(accelerator, training=False))
     if resume_from is not None:
         freeze.restore(model, resume_from)
     describe_model(model, notes=freeze.notes)
@@ -207,8 +223,10 @@ def run(cfg: DictConfig) -> None:
         return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
 
     # The main process writes the sets (probes, cleans) first; the others then read them back.
-    with accelerator.main_process_first():
-        context = SetsContext(source, model, tokenizer, accelerator.device, run_dir)
+    # Autocast: the probe runs a model whose trainable and frozen weights differ in precision.
+    with accelerator.main_process_first(), accelerator.autocast():
+        precision = f"{accelerator.device.type}/{accelerator.mixed_precision}"
+        context = SetsContext(source, model, tokenizer, accelerator.device, precision, run_dir, pool, probes)
         qa_sets = _qa_sets(cfg, kind, context, run_dir / rundir.QA_DIR)
         # mitigation=clean probes the still pretrained model (LoRA adapters start as the identity)
         finetune_set = prepare_finetune_set(
@@ -246,10 +264,10 @@ def run(cfg: DictConfig) -> None:
     # The trained model and its optimizer leave the GPU before the test sets load the saved
     # weights: a model that fits once must not need to fit twice.
     del trainer, model, freeze, context
-    release_memory(accelerator.device)
+    accelerator.free_memory()  # it holds the prepared model and optimizer too
     if cfg.eval_after and accelerator.is_main_process:
         summary.update(
-            evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device, load_dtype(accelerator))
+            evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device, load_dtype(accelerator, False))
         )
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
@@ -301,14 +319,27 @@ def _check_freeze_processes(freeze: str, num_processes: int) -> None:
 
 
 def _qa_sets(cfg: DictConfig, kind: FinetuneData, context: SetsContext, directory: Path) -> dict[str, list[QAExample]]:
-    """The run's QA sets: read back when resuming, else built and written (the test sets last,
-    so a run stopped while writing them builds them all again)."""
-    names = [*TRAINING_SETS, *(path.stem for path in sorted(directory.glob("test*.jsonl")))]
-    if len(names) > len(TRAINING_SETS) and all((directory / f"{name}.jsonl").is_file() for name in names):
-        return {name: read_qa_file(directory / f"{name}.jsonl") for name in names}
-    sets = kind.build(cfg, context)
-    write_qa_sets(directory, {name: examples for name, examples in sets.items() if examples})
-    return {name: examples for name, examples in sets.items() if examples}
+    """The run's QA sets: read back when resuming, else built and written. The list of their
+    names is written last, so a run stopped while writing them builds them all again."""
+    listed = directory / rundir.QA_SETS_FILE
+    if listed.is_file():
+        return {name: read_qa_file(directory / f"{name}.jsonl") for name in json.loads(listed.read_text("utf-8"))}
+    sets = {name: examples for name, examples in kind.build(cfg, context).items() if examples}
+    write_qa_sets(directory, sets)
+    atomic_write_json(listed, list(sets))
+    return sets
+
+
+def _probe_prompts(cfg: DictConfig, pool: list[QAExample]) -> list[list[ProbePrompt]]:
+    """The probe's prompts of every fact of the pool; a relation the probe cannot ask (too few
+    facts for the shots, no usable template) fails here, before anything is loaded."""
+    for relation, (answer, share) in guessable_relations(pool).items():
+        print_warning(
+            f"relation {relation!r}: the answer {answer!r} is right for {share:.0%} of its facts, so a model that "
+            "guesses it passes for knowing them and the probe cannot tell (Gekhman et al. use relations with many "
+            "answers); leave the relation out of the facts (data.relations), or read its categories with that in mind"
+        )
+    return build_probes(pool, cfg.probe, cfg.data, cfg.probe.seed)
 
 
 def _test_sets(qa_sets: dict[str, list[QAExample]]) -> list[str]:

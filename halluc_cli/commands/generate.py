@@ -33,14 +33,14 @@ def run(cfg: DictConfig) -> None:
     prompt_template, abstain_phrase = _qa_format(cfg, source.run_dir)
     examples = None if cfg.prompts else _questions(cfg.questions, source.run_dir)
     prompts = _read_prompts(Path(cfg.prompts)) if cfg.prompts else None
-    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
+    tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     run_dir = start_run(cfg)
 
     accelerator = build_accelerator(cfg.device)
     device = accelerator.device
-    dtype = load_dtype(accelerator)
+    dtype = load_dtype(accelerator, training=False)
     model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=dtype).to(device)
     decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
 

@@ -85,7 +85,7 @@ def read_user_qa_file(cfg: QAFileConfig) -> list[QAExample]:
     examples = [_user_example(record, where, index) for index, (where, record) in enumerate(rows)]
     if not examples:
         raise UserError(f"data.path={path} holds no QA examples")
-    _check_one_answer(examples, path)
+    examples = _one_per_fact(examples, path)
     if cfg.max_examples and len(examples) > cfg.max_examples:
         examples = random.Random(cfg.split_seed).sample(examples, cfg.max_examples)
     return examples
@@ -128,16 +128,21 @@ def _user_example(record: dict[str, Any], where: str, index: int) -> QAExample:
                      values["subject"], values["relation"], None, "pool")
 
 
-def _check_one_answer(examples: list[QAExample], path: Path) -> None:
-    """Refuse one fact (subject and relation, else question) asked twice with two answers."""
-    seen: dict[tuple[str, str], QAExample] = {}
+def _one_per_fact(examples: list[QAExample], path: Path) -> list[QAExample]:
+    """One example per fact (subject and relation, else question): a fact asked twice (in two
+    phrasings) would be probed twice and could land in training and in a test set. The first
+    phrasing stays, with the aliases of all; two different answers are refused."""
+    kept: dict[tuple[str, str], QAExample] = {}
     for example in examples:
-        first = seen.setdefault(fact_key(example), example)
-        if first.answer != example.answer:
+        first = kept.setdefault(fact_key(example), example)
+        if normalize_text(first.answer) != normalize_text(example.answer):
             raise UserError(
                 f"{path}: {example.question!r} is asked twice with the answers {first.answer!r} and {example.answer!r}; "
                 "keep one and list the other under its aliases"
             )
+        if first is not example:
+            first.aliases = list(dict.fromkeys([*first.aliases, *example.aliases]))
+    return list(kept.values())
 
 
 def guessable_relations(pool: Sequence[QAExample], threshold: float = GUESSABLE) -> dict[str, tuple[str, float]]:
@@ -152,7 +157,7 @@ def guessable_relations(pool: Sequence[QAExample], threshold: float = GUESSABLE)
     for relation, counts in sorted(answers.items()):
         answer, count = counts.most_common(1)[0]
         share = count / sum(counts.values())
-        if share > threshold and sum(counts.values()) > 1:
+        if share > threshold and count >= 3:  # an answer shared by a few facts, not one of a small relation
             found[relation] = (answer, share)
     return found
 

@@ -63,10 +63,12 @@ def load_model(
         ) from error
 
 
-def open_model(model_dir: str, *, trust_remote_code: bool = False, dtype: torch.dtype | None = None) -> LanguageModel:
+def open_model(
+    model_dir: str, *, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None
+) -> LanguageModel:
     """The model in a halluc model dir, or any Hugging Face causal LM (a `save_pretrained`
     dir, or a hub name for users with internet), behind the one model interface, its weights
-    in `dtype` (None: float32)."""
+    in `dtype` (None: float32; "auto": the checkpoint's own)."""
     directory = Path(model_dir)
     if (directory / FAMILY_FILE).is_file():
         return load_model(directory, dtype=dtype)

@@ -167,14 +167,14 @@ class LSTMLanguageModel(LanguageModel):
         return cls.load(Path(name_or_path))
 
     @classmethod
-    def load(cls, directory: Path, dtype: torch.dtype | None = None) -> "LSTMLanguageModel":
-        """The model `save` wrote to `directory`, its weights in `dtype` (None: float32)."""
+    def load(cls, directory: Path, dtype: torch.dtype | str | None = None) -> "LSTMLanguageModel":
+        """The model `save` wrote to `directory`, its weights in `dtype` (None, "auto": as saved, float32)."""
         model = cls(**read_json(directory / CONFIG_FILE))
         tensors = load_file(str(directory / WEIGHTS_FILE))
         if model.hparams["tie_weights"]:
             tensors["decoder.weight"] = tensors["embedding.weight"]
         model.load_state_dict(tensors)
-        return model.to(dtype) if dtype is not None else model
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
 
 
 def _lstm_step(

@@ -18,11 +18,11 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from halluc_cli.config import TransformerConfig
 from halluc_cli.errors import UserError
-from halluc_cli.models.base import LanguageModel, State
+from halluc_cli.models.base import LanguageModel, State, read_family
 
 
 # Where a LoRA-tuned model's adapter goes inside its checkpoint dir (see `save`).
@@ -81,6 +81,8 @@ def check_causal_lm(name_or_path: str, trust_remote_code: bool = False) -> None:
         is_causal = any(name in causal or name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures)
     else:  # a config saved without its class: judge by the model type
         is_causal = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:  # BERT, RoBERTa: encoders unless made decoders
+            is_causal = is_causal and bool(getattr(config, "is_decoder", False))
     if getattr(config, "is_encoder_decoder", False) or not is_causal:
         kind = "an encoder-decoder" if getattr(config, "is_encoder_decoder", False) else "not a causal (decoder-only)"
         raise UserError(
@@ -98,9 +100,10 @@ class TransformerLanguageModel(LanguageModel):
 
     family = "transformer"
 
-    def __init__(self, hf_model: PreTrainedModel) -> None:
+    def __init__(self, hf_model: PreTrainedModel, trust_remote_code: bool = False) -> None:
         super().__init__()
         self.hf = hf_model
+        self.trust_remote_code = trust_remote_code  # its code ships with its weights (saved with it)
 
     @classmethod
     def from_config(cls, cfg: TransformerConfig, tokenizer: PreTrainedTokenizerBase) -> "TransformerLanguageModel":
@@ -122,23 +125,31 @@ class TransformerLanguageModel(LanguageModel):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str, *, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+        cls, name_or_path: str, *, trust_remote_code: bool = False, dtype: torch.dtype | str | None = None
     ) -> "TransformerLanguageModel":
         """Load an existing Hugging Face causal LM (a local path, or a hub name with internet),
-        its weights in `dtype` (None: float32)."""
+        its weights in `dtype` (None: float32; "auto": the checkpoint's own). Weights are read
+        from safetensors only: a .bin checkpoint would be unpickled."""
         check_causal_lm(name_or_path, trust_remote_code)
+        local = Path(name_or_path)
+        if local.is_dir() and not any(local.glob("*.safetensors")):
+            raise UserError(
+                f"{name_or_path} holds no safetensors weights (a .bin checkpoint would be unpickled, which halluc "
+                "never does); save it once with save_pretrained(dir, safe_serialization=True) where you trust it"
+            )
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 name_or_path,
                 attn_implementation="sdpa",
                 trust_remote_code=trust_remote_code,
                 dtype=dtype or torch.float32,
+                use_safetensors=True,
             )
         except (OSError, ValueError) as error:
             raise UserError(
                 f"no causal language model could be loaded from {name_or_path!r}: {_first_line(error)}"
             ) from error
-        return cls(hf_model)
+        return cls(hf_model, trust_remote_code)
 
     @property
     def max_positions(self) -> int:
@@ -204,12 +215,15 @@ class TransformerLanguageModel(LanguageModel):
             self.hf.save_pretrained(directory / ADAPTER_DIR, safe_serialization=True)
         else:
             self.hf.save_pretrained(directory, safe_serialization=True)
-        self.write_family(directory)
+        # A model whose code ships with it needs trust_remote_code again to load: recorded, as
+        # the user gave it for this model.
+        self.write_family(directory, **({"trust_remote_code": True} if self.trust_remote_code else {}))
 
     @classmethod
     def load(cls, directory: Path, dtype: torch.dtype | None = None) -> "TransformerLanguageModel":
         """The model `save` wrote to `directory`, its weights in `dtype` (None: float32)."""
-        return cls.from_pretrained(str(directory), dtype=dtype)
+        trusted = bool(read_family(directory).get("trust_remote_code", False))
+        return cls.from_pretrained(str(directory), trust_remote_code=trusted, dtype=dtype)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from halluc_cli.config import Category
+from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
@@ -37,7 +37,6 @@ from halluc_cli.rundir import (
 )
 from halluc_cli.scoring.metrics import is_number, mean_interval
 
-CATEGORY_NAMES = tuple(category.value for category in Category)
 # What tells runs apart, in table order; runs equal in all of these are seeds of one group.
 CHOICES = (
     "model", "paraphrases", "freeze", "mitigation", "unknown_label", "known_from", "finetune_category",
@@ -57,7 +56,7 @@ METRICS: dict[str, tuple[str, ...]] = {
     # data.known_from=probe: each SliCK category's test set (Gekhman et al. 2024, Table 2)
     **{
         f"{category}_{rate}": ("by_category", category, rate)
-        for category in CATEGORY_NAMES
+        for category in SLICK_CATEGORIES
         for rate in ("accuracy", "hallucination_rate")
     },
 }

@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from halluc_cli.config import Category
+from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.normalize import normalize_text
 
@@ -122,14 +122,10 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
         "by_known": {key: by_known[key].rates() for key in ("known", "unknown") if key in by_known},
         "by_relation": {key: by_relation[key].rates() for key in sorted(by_relation)},
     }
-    if by_category:
-        order = [category.value for category in Category]
-        scores["by_category"] = {key: by_category[key].rates() for key in sorted(by_category, key=_category_rank(order))}
+    if by_category:  # SliCK's order, most known first; a name of another scheme after them
+        rank = lambda key: (SLICK_CATEGORIES.index(key) if key in SLICK_CATEGORIES else len(SLICK_CATEGORIES), key)  # noqa: E731
+        scores["by_category"] = {key: by_category[key].rates() for key in sorted(by_category, key=rank)}
     return scores
-
-
-def _category_rank(order: list[str]) -> Callable[[str], tuple[int, str]]:
-    return lambda key: (order.index(key) if key in order else len(order), key)
 
 
 def classification_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.console import console
 from halluc_cli.rundir import EVAL_POINTS
 from halluc_cli.scoring import aggregate
@@ -48,7 +49,7 @@ def print_sweep(sweep: aggregate.Sweep) -> None:
     if any("verification" in scores for run in sweep.runs for scores in run.scores.values()):
         columns["verifier_precision"] = "verifier\nprecision"
     probed = {category for run in sweep.runs for scores in run.scores.values() for category in scores.get("by_category", {})}
-    for category in aggregate.CATEGORY_NAMES:  # data.known_from=probe: accuracy per SliCK category
+    for category in SLICK_CATEGORIES:  # data.known_from=probe: accuracy per SliCK category
         if category in probed:
             columns[f"{category}_accuracy"] = f"acc\n{category}"
     for header in columns.values():

@@ -75,19 +75,23 @@ def weights_dtype(mixed_precision: str) -> torch.dtype:
 
     Under bf16/fp16 autocast every matmul runs in the low precision anyway, so frozen weights
     stored in it lose nothing that matters, and take half the memory (a 7B model's 28 GB
-    become 14). What trains is cast back to float32 after freezing (`train_in_fp32`): the
+    become 14). What trains is cast back to float32 after freezing (`cast_for_training`): the
     optimizer must update full-precision weights, or small updates round away.
     """
     return WEIGHT_DTYPES[mixed_precision]
 
 
-def load_dtype(accelerator: Accelerator) -> torch.dtype:
-    """The dtype a command loads its model's weights in: `weights_dtype` on a GPU; float32 on
-    the CPU, whose autocast leaves LayerNorm in its input's dtype (fp32 activations would meet
-    bf16 frozen norms and fail), and whose bf16 matmuls are slow anyway."""
+def load_dtype(accelerator: Accelerator, training: bool) -> torch.dtype | str:
+    """The dtype a command loads its model's weights in.
+
+    On the CPU float32: its autocast leaves LayerNorm in its input's dtype (fp32 activations
+    would meet bf16 frozen norms and fail), and its bf16 matmuls are slow anyway. On a GPU, for
+    inference `weights_dtype`; for training the checkpoint's own ("auto"), so that what trains
+    is not rounded to bf16 first: `cast_for_training` then stores the frozen rest in low precision.
+    """
     if accelerator.device.type != "cuda":
         return torch.float32
-    return weights_dtype(accelerator.mixed_precision)
+    return "auto" if training else weights_dtype(accelerator.mixed_precision)
 
 
 def release_memory(device: torch.device) -> None:

@@ -255,19 +255,22 @@ def apply_freeze(model: LanguageModel, cfg: FreezeConfig) -> FreezeStrategy:
     return strategy
 
 
-def train_in_fp32(model: LanguageModel, strategy: FreezeStrategy) -> None:
-    """Cast the parameters `strategy` trains to float32; the frozen ones keep their dtype.
+def cast_for_training(model: LanguageModel, strategy: FreezeStrategy, frozen_dtype: torch.dtype) -> None:
+    """Cast the parameters `strategy` trains to float32 and the frozen ones to `frozen_dtype`.
 
-    Call it after `apply_freeze`, before the optimizer is built. With the weights loaded in
-    bf16/fp16 (`weights_dtype`), the optimizer keeps full-precision masters of what trains
-    (LoRA adapters, unfrozen layers): bf16 has 8 bits of mantissa, so updates much smaller
-    than a weight would round away, and fp16 gradients are refused by the fp16 grad scaler.
-    "What trains" is `optimizer_parameters`, not `requires_grad`: gradual unfreezing's later
-    blocks train too. Casting `.data` keeps each Parameter (and so weight ties) as it is.
+    Call it after `apply_freeze`, before the optimizer is built. The optimizer keeps
+    full-precision masters of what trains (LoRA adapters, unfrozen layers): bf16 has 8 bits of
+    mantissa, so updates much smaller than a weight would round away, and fp16 gradients are
+    refused by the fp16 grad scaler. Frozen weights only feed autocast's low-precision matmuls,
+    so `weights_dtype` loses nothing there and halves their memory. "What trains" is
+    `optimizer_parameters`, not `requires_grad`: gradual unfreezing's later blocks train too.
+    Casting `.data` keeps each Parameter (and so weight ties) as it is.
     """
-    for p in strategy.optimizer_parameters(model):
-        if p.dtype != torch.float32:
-            p.data = p.data.float()
+    trained = {id(p) for p in strategy.optimizer_parameters(model)}
+    for p in model.parameters():
+        wanted = torch.float32 if id(p) in trained else frozen_dtype
+        if p.dtype != wanted and p.is_floating_point():
+            p.data = p.data.to(wanted)
 
 
 def _train_only(model: nn.Module, params: list[nn.Parameter]) -> None:

@@ -30,7 +30,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.models import build_model, count_parameters, load_model
 from halluc_cli.models.base import WEIGHTS_FILE
 from halluc_cli.training.device import weights_dtype
-from halluc_cli.training.freeze import STRATEGIES, FreezeStrategy, apply_freeze, train_in_fp32
+from halluc_cli.training.freeze import STRATEGIES, FreezeStrategy, apply_freeze, cast_for_training
 
 VOCAB_LINES = [f"word{i} and some other words number {i % 7}" for i in range(40)]
 MODELS = {
@@ -406,7 +406,7 @@ def test_lora_on_bf16_weights_trains_fp32_adapters(tokenizer, tmp_path: Path) ->
     _model("llama", tokenizer).save(tmp_path / "base")
     model = load_model(tmp_path / "base", dtype=weights_dtype("bf16"))
     strategy = apply_freeze(model, LoraFreezeConfig(rank=4))
-    train_in_fp32(model, strategy)
+    cast_for_training(model, strategy, torch.bfloat16)
     adapters = EXPECTED["lora"](model)
     for name, p in model.named_parameters():
         assert p.dtype == (torch.float32 if id(p) in adapters else torch.bfloat16), name
@@ -421,13 +421,16 @@ def test_lora_on_bf16_weights_trains_fp32_adapters(tokenizer, tmp_path: Path) ->
 # Not head_only on the tied GPT-2: its fp32 embeddings would feed bf16 LayerNorms, which
 # autocast casts on a GPU but not on the CPU.
 @pytest.mark.parametrize("name, model_name", [("layers", "gpt2-tied"), ("gradual", "gpt2-tied"), ("head_only", "llama")])
-def test_train_in_fp32_casts_only_what_trains(name: str, model_name: str, tokenizer) -> None:
-    model = _model(model_name, tokenizer).to(torch.bfloat16)
+def test_cast_for_training_keeps_what_trains_in_fp32(name: str, model_name: str, tokenizer) -> None:
+    model = _model(model_name, tokenizer)  # loaded in fp32 ("auto" for an fp32 checkpoint)
     strategy = apply_freeze(model, _freeze_config(name))
-    train_in_fp32(model, strategy)
+    before = {id(p): p.detach().clone() for p in strategy.optimizer_parameters(model)}
+    cast_for_training(model, strategy, torch.bfloat16)
     trains = {id(p) for p in strategy.optimizer_parameters(model)}  # gradual: all, from the start
     for p in model.parameters():
         assert p.dtype == (torch.float32 if id(p) in trains else torch.bfloat16)
+        if id(p) in trains:  # never rounded through bf16 on the way
+            assert torch.equal(p, before[id(p)])
     if model_name == "gpt2-tied":
         assert model.output_head().weight is model.input_embeddings().weight  # cast or not, still one
     _check_trains_exactly(model, strategy, tokenizer, EXPECTED[name](model), autocast=torch.bfloat16)
