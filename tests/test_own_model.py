@@ -207,3 +207,88 @@ def test_a_relation_with_too_few_facts_for_the_shots_is_refused(
                      "probe.shots=4", f"probe.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert_one_line_error(result, "relation 'author' has 3 fact(s), too few for probe.shots=4")
     assert not (tmp_path / "run").exists()
+
+
+# --- a killed run resumes; what review found ------------------------------------------------
+
+
+def test_a_killed_probe_run_resumes_on_its_sets_and_categories(foreign_models: dict[str, Path], tmp_path: Path) -> None:
+    from cli_helpers import assert_same_weights, run_killed_at_step
+
+    args = ["finetune", f"ckpt={foreign_models['llama']}", *FAST, *ALL_UNKNOWN, "train.max_steps=4",
+            "train.save_every=2", "train.eval_every=2", f"probe.cache_dir={tmp_path / 'cache'}"]
+    run_killed_at_step(3, *args, f"hydra.run.dir={tmp_path / 'killed'}")
+    sets = {p.name: p.read_text() for p in (tmp_path / "killed" / "qa").iterdir()}
+    assert json.loads(sets["sets.json"]) == ["finetune", "valid", "test_unknown"]
+    resumed = run_cli(*args, f"hydra.run.dir={tmp_path / 'killed'}")
+    assert resumed.exit_code == 0 and "resuming from" in resumed.stdout, resumed.stderr
+    assert {p.name: p.read_text() for p in (tmp_path / "killed" / "qa").iterdir()} == sets
+    whole = run_cli(*args, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.exit_code == 0, whole.stderr
+    assert_same_weights(tmp_path / "killed", tmp_path / "whole")
+
+
+def test_a_model_with_only_pickled_weights_is_refused(tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = save_tiny_model(tmp_path / "model", "gpt2")
+    AutoModelForCausalLM.from_pretrained(model).save_pretrained(model, safe_serialization=False)
+    (model / "model.safetensors").unlink()
+    result = run_cli("finetune", f"ckpt={model}", *FAST, *ALL_UNKNOWN, f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(result, "holds no safetensors weights", "never does")
+    assert not (tmp_path / "run").exists()
+
+
+def test_trust_remote_code_is_recorded_with_the_checkpoint(foreign_models: dict[str, Path], tmp_path: Path) -> None:
+    from halluc_cli.models import load_model, open_model
+    from halluc_cli.models.base import read_family
+
+    model = open_model(str(foreign_models["gpt2"]), trust_remote_code=True)
+    model.save(tmp_path / "saved")
+    assert read_family(tmp_path / "saved")["trust_remote_code"] is True
+    assert load_model(tmp_path / "saved").trust_remote_code is True
+    open_model(str(foreign_models["gpt2"])).save(tmp_path / "plain")
+    assert "trust_remote_code" not in read_family(tmp_path / "plain")
+
+
+def test_finetune_category_needs_the_probe(transformer_run: Path, tmp_path: Path) -> None:
+    result = run_cli("finetune", f"ckpt={transformer_run}", *FAST, "data.finetune_category=Unknown",
+                     f"hydra.run.dir={tmp_path / 'run'}")
+    assert_one_line_error(result, "data.finetune_category needs data.known_from=probe")
+
+
+def test_a_fact_asked_twice_in_a_qa_file_is_one_fact(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from halluc_cli.config import QAFileConfig
+    from halluc_cli.data.categories import read_user_qa_file
+
+    facts = tmp_path / "facts.jsonl"
+    rows = [{"question": "Who wrote Emma?", "answer": "Jane Austen", "subject": "Emma", "relation": "author"},
+            {"question": "Emma was written by whom?", "answer": "jane austen", "aliases": ["Austen"],
+             "subject": "Emma", "relation": "author"}]
+    facts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (example,) = read_user_qa_file(OmegaConf.structured(QAFileConfig(path=str(facts))))
+    assert example.question == "Who wrote Emma?" and example.aliases == ["Austen"]
+
+
+def test_the_probe_cache_key_follows_an_interpolated_seed() -> None:
+    from omegaconf import OmegaConf
+
+    from halluc_cli.config import KBQAConfig, ProbeConfig
+    from halluc_cli.probe import _cache_key
+
+    keys = set()
+    for seed in (1, 2):
+        root = OmegaConf.create({"seed": seed, "probe": OmegaConf.structured(ProbeConfig()),
+                                 "data": OmegaConf.structured(KBQAConfig())})
+        root.probe.seed = "${seed}"
+        keys.add(_cache_key([], root.probe, root.data, "model"))
+    assert len(keys) == 2
+
+
+def test_a_prompt_past_the_position_table_is_one_line(transformer_run: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(" ".join(["the"] * 2000) + "\n")
+    result = run_cli("generate", f"ckpt={transformer_run}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}")
+    assert_one_line_error(result, "exceeds the model's", "positions")
