@@ -41,7 +41,8 @@ def test_finetune_generate_and_score_a_foreign_model(
 ) -> None:
     cache = tmp_path / "cache"
     run = tmp_path / "run"
-    freeze = ["freeze=lora"] if architecture in ("llama", "gpt_neox") else []
+    freeze = {"llama": ["freeze=lora"], "gpt_neox": ["freeze=lora"], "mistral": ["freeze=layers",
+              "freeze.trainable_layers=1"], "qwen2": ["freeze=embeddings"]}.get(architecture, [])
     result = run_cli("finetune", f"ckpt={foreign_models[architecture]}", *FAST, *ALL_UNKNOWN, *freeze,
                      f"probe.cache_dir={cache}", f"hydra.run.dir={run}")
     assert result.exit_code == 0, result.stderr + result.stdout
@@ -59,6 +60,11 @@ def test_finetune_generate_and_score_a_foreign_model(
     scored = run_cli("score", f"runs={run}", f"hydra.run.dir={tmp_path / 'score'}")
     assert scored.exit_code == 0, scored.stderr
     assert "Unknown_accuracy_mean" in (tmp_path / "score" / "summary.csv").read_text().splitlines()[0]
+    verified = run_cli("score", f"predictions={tmp_path / 'gen' / 'predictions.jsonl'}", "mitigation=kb_verify",
+                       f"hydra.run.dir={tmp_path / 'verified'}")
+    assert verified.exit_code == 0, verified.stderr
+    verified_scores = json.loads((tmp_path / "verified" / "scores.json").read_text())
+    assert set(verified_scores["mean"]["after"]["by_category"]) == {"Unknown"}
 
 
 def test_a_llama_prompt_starts_with_its_bos_and_a_gpt2_prompt_with_nothing(foreign_models: dict[str, Path]) -> None:

@@ -111,13 +111,15 @@ def print_scores(scores: dict[str, Any], cfg: DictConfig) -> None:
 
 
 def _print_qa(title: str, before: Mapping[str, Any], after: Mapping[str, Any] | None = None) -> None:
-    """Rows: overall, known, unknown, each relation; with `after`, cells read before -> after."""
+    """Rows: overall, known, unknown, each relation, each SliCK category (data.known_from=probe);
+    with `after`, cells read before -> after."""
     table = Table(title=title + (": before -> after verification" if after else ""))
     for header in ("group", "n", *_QA_COLUMNS.values()):
         table.add_column(header, justify="left" if header == "group" else "right")
     groups = {"overall": ("overall",)}
     groups.update({key: ("by_known", key) for key in before["by_known"]})
     groups.update({f"relation {key}": ("by_relation", key) for key in before["by_relation"]})
+    groups.update({f"category {key}": ("by_category", key) for key in before.get("by_category", {})})
     for label, keys in groups.items():
         row = _dig(before, keys)
         cells = [_cell(row.get(column)) for column in _QA_COLUMNS]
