@@ -6,6 +6,8 @@ After the prompt, each step feeds one token per row and carries the model's stat
 Transformer's key-value cache or the LSTM's hidden state, so no step recomputes the past.
 Several continuations of a prompt (samples; SliCK's greedy answer beside them) share one
 pass over the prompt: its state is copied to each of its rows before the first step.
+`continuations` also says how sure the model was of each: the log-probability and the
+entropy of the distributions its tokens came from, read off the decoding pass itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,16 @@ from halluc_cli.config import DecodingConfig
 from halluc_cli.data.tokenizer import prompt_ids
 from halluc_cli.errors import UserError
 from halluc_cli.models import LanguageModel
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """A decoded continuation, and how sure the model was of it (its own distribution, T=1)."""
+
+    text: str
+    logprob: float  # log P of its tokens and of the stop token that ended it, if one did
+    tokens: int  # the tokens `logprob` covers
+    entropy: float  # mean entropy (nats) of the next-token distributions of those tokens
 
 
 @dataclass
@@ -38,25 +50,30 @@ class Decoder:
 
     def generate(self, prompts: list[str]) -> list[list[str]]:
         """`num_samples` continuations of each prompt (greedy: one), as text without the stop token."""
-        return self._generate(prompts, greedy_first=False)
+        return _texts(self._generate(prompts, greedy_first=False, scored=False))
 
     def generate_with_greedy(self, prompts: list[str]) -> list[list[str]]:
         """Each prompt's greedy continuation, then its `num_samples` sampled ones (decoding=sample):
         what SliCK's probe asks for, all from one pass over the prompt."""
-        return self._generate(prompts, greedy_first=True)
+        return _texts(self._generate(prompts, greedy_first=True, scored=False))
 
-    def _generate(self, prompts: list[str], greedy_first: bool) -> list[list[str]]:
+    def continuations(self, prompts: list[str], greedy_first: bool = False) -> list[list[Continuation]]:
+        """As `generate` (`generate_with_greedy`), each continuation with its log-probability
+        and entropy."""
+        return self._generate(prompts, greedy_first, scored=True)
+
+    def _generate(self, prompts: list[str], greedy_first: bool, scored: bool) -> list[list[Continuation]]:
         ids = [prompt_ids(self.tokenizer, prompt) for prompt in prompts]
         self._check_positions(max(map(len, ids), default=0))
         # Batches of prompts of about one length: little padding for every row of a prompt to
         # store and attend over. Each prompt decodes as it would alone, whatever its batch.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         n = self.samples + greedy_first  # rows a prompt
-        texts: list[list[str]] = [[] for _ in prompts]
+        texts: list[list[Continuation]] = [[] for _ in prompts]
         for start in range(0, len(order), self.cfg.batch_size):  # batch_size prompts, each with its rows
             batch = order[start : start + self.cfg.batch_size]
             try:
-                rows = self.generate_ids([ids[i] for i in batch], greedy_first)
+                rows = self.generate_ids([ids[i] for i in batch], greedy_first, scored)
             except torch.cuda.OutOfMemoryError as error:
                 raise UserError(
                     f"out of GPU memory decoding {len(batch)} prompts x {n} rows; lower the batch size "
@@ -76,9 +93,12 @@ class Decoder:
             )
 
     @torch.inference_mode()
-    def generate_ids(self, prompts: list[list[int]], greedy_first: bool = False) -> list[str]:
+    def generate_ids(
+        self, prompts: list[list[int]], greedy_first: bool = False, scored: bool = False
+    ) -> list[Continuation]:
         """Decode one batch of tokenized prompts: each prompt's `num_samples` continuations (greedy:
-        one), after its greedy one if `greedy_first`, prompt after prompt, as text.
+        one), after its greedy one if `greedy_first`, prompt after prompt; `scored`: with their
+        log-probabilities and entropies (a log-softmax over the vocabulary a step), else NaN.
 
         The prompts go through the model once; a prompt's rows then continue from copies of
         its state (`repeat_state`), so its prefix is not computed again for every sample.
@@ -105,11 +125,17 @@ class Decoder:
         sampled = self._sampled_rows(len(prompts), per_prompt, greedy_first)
         is_stop = self._stop_table(logits.shape[-1])  # (V,): one lookup a step instead of isin
         tokens = torch.empty((rows, steps), dtype=torch.long, device=self.device)
+        logprobs = torch.zeros((rows, steps), device=self.device)
+        entropies = torch.zeros((rows, steps), device=self.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         made = 0
         while made < steps:
             token = self._choose(logits[:, -1, :], sampled)  # (B,)
             tokens[:, made] = token
+            if scored:  # the model's own distribution (T=1), whatever the sampling temperature
+                log_p = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
+                logprobs[:, made] = log_p.gather(-1, token[:, None]).squeeze(-1)
+                entropies[:, made] = -(log_p.exp() * log_p).sum(-1)
             made += 1
             finished |= is_stop[token]
             if made == steps or bool(finished.all()):  # no forward pass for logits nobody reads
@@ -119,9 +145,16 @@ class Decoder:
         tokens = tokens[:, :made]
         # A row's answer is its tokens before its first stop token: count the leading non-stops.
         lengths = (~is_stop[tokens]).int().cumprod(-1).sum(-1)  # (B,)
+        # Its scores cover those and the stop token, which says the answer is complete.
+        covered = (lengths + 1).clamp(max=made)
+        kept = torch.arange(made, device=self.device)[None, :] < covered[:, None]
+        logprob = (logprobs[:, :made] * kept).sum(-1) if scored else torch.full((rows,), float("nan"))
+        entropy = (entropies[:, :made] * kept).sum(-1) / covered if scored else torch.full((rows,), float("nan"))
         return [
-            self.tokenizer.decode(row[:length], skip_special_tokens=True).strip()
-            for row, length in zip(tokens.tolist(), lengths.tolist())
+            Continuation(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip(), lp, count, ent)
+            for row, length, lp, count, ent in zip(
+                tokens.tolist(), lengths.tolist(), logprob.tolist(), covered.tolist(), entropy.tolist()
+            )
         ]
 
     def _sampled_rows(self, prompts: int, per_prompt: int, greedy_first: bool) -> torch.Tensor | slice | None:
@@ -159,6 +192,10 @@ class Decoder:
             logits = _top_p_filter(logits, self.cfg.top_p)
         probs = torch.softmax(logits, dim=-1)
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+
+
+def _texts(continuations: list[list[Continuation]]) -> list[list[str]]:
+    return [[continuation.text for continuation in row] for row in continuations]
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -15,9 +15,10 @@ from typing import Any
 from halluc_cli.data.labelled import is_labelled
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.qa import QAExample
-from halluc_cli.decoding import Decoder
+from halluc_cli.decoding import Continuation, Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import read_jsonl
+from halluc_cli.uncertainty import Meaning, answer_meaning, uncertainty_scores
 
 # The fields each task reads, with the JSON types they may hold.
 FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
@@ -36,17 +37,27 @@ _EXAMPLES = 3  # ids named in an id-mismatch error
 
 
 def answer_questions(
-    decoder: Decoder, examples: list[QAExample], prompt_template: str, abstain_phrase: str
+    decoder: Decoder,
+    examples: list[QAExample],
+    prompt_template: str,
+    abstain_phrase: str,
+    meaning: Meaning | None = None,
 ) -> list[dict[str, Any]]:
-    """Prediction records for QA examples, decoded in batches."""
-    answers = decoder.generate([prompt_template.format(question=e.question) for e in examples])
-    return [_prediction(e, outputs, abstain_phrase) for e, outputs in zip(examples, answers)]
+    """Prediction records for QA examples, decoded in batches, each with its uncertainty
+    scores. With several samples a prompt (decoding=sample), the prediction is the greedy
+    answer and the samples measure how sure the model was of it; `meaning` groups them."""
+    sampled = decoder.samples > 1
+    prompts = [prompt_template.format(question=e.question) for e in examples]
+    answers = decoder.continuations(prompts, greedy_first=sampled)
+    meaning = meaning or answer_meaning()
+    return [_prediction(e, outputs, abstain_phrase, meaning) for e, outputs in zip(examples, answers)]
 
 
-def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> dict[str, Any]:
-    """DESIGN.md's prediction record (plus subject and relation for scoring by relation, and
-    for labelled text the label)."""
-    prediction = outputs[0]
+def _prediction(example: QAExample, outputs: list[Continuation], abstain_phrase: str, meaning: Meaning) -> dict[str, Any]:
+    """DESIGN.md's prediction record (plus subject and relation for scoring by relation, for
+    labelled text the label, and the uncertainty scores)."""
+    answer, samples = outputs[0], [output.text for output in outputs[1:]]
+    prediction = answer.text
     return {
         "id": example.id,
         "question": example.question,
@@ -61,7 +72,8 @@ def _prediction(example: QAExample, outputs: list[str], abstain_phrase: str) -> 
         **({"category": example.category} if example.category else {}),
         # what halluc score task=classification compares the prediction with
         **({"label": example.answer} if is_labelled(example) else {}),
-        **({"samples": outputs} if len(outputs) > 1 else {}),
+        **({"samples": samples} if samples else {}),
+        "uncertainty": uncertainty_scores(answer, samples, meaning),
     }
 
 

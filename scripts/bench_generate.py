@@ -239,7 +239,7 @@ def lstm_model(vocab: int):
 
 def same_tokens(model, tokenizer, prompts, new_tokens: int) -> str:
     """Whether our decoder's text equals `generate`'s at this batch (rows that agree / rows)."""
-    ours = our_decoder(model, tokenizer, new_tokens, len(prompts)).generate_ids(prompts)
+    ours = [c.text for c in our_decoder(model, tokenizer, new_tokens, len(prompts)).generate_ids(prompts)]
     input_ids, mask = _left_pad(prompts, tokenizer.pad_token_id, torch.device("cpu"))
     with torch.inference_mode():
         output = model.hf.generate(

@@ -10,7 +10,7 @@ import pytest
 
 from cli_helpers import TINY, TRUNCATED, assert_one_line_error, pretrain, run_cli, truncated_copy
 
-PREDICTION_FIELDS = {"id", "question", "prediction", "answer", "aliases", "known", "abstained", "subject", "relation"}
+PREDICTION_FIELDS = {"id", "question", "prediction", "answer", "aliases", "known", "abstained", "subject", "relation", "uncertainty"}
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,15 @@ def test_transformer_training_and_decoding_raise_no_future_warning(tmp_path: Pat
         )
     assert result.exit_code == 0, result.stderr
     assert [str(w.message) for w in caught if issubclass(w.category, FutureWarning)] == []
+
+
+def test_every_answer_carries_its_uncertainty(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli("generate", "experiment=tiny", f"ckpt={finetuned}", "decoding=sample", "decoding.num_samples=4",
+                     f"hydra.run.dir={tmp_path / 'gen'}")
+    assert result.exit_code == 0, result.stderr
+    for record in _jsonl(tmp_path / "gen" / "predictions.jsonl"):
+        scores = record["uncertainty"]
+        assert set(scores) == {"neg_logprob", "neg_mean_logprob", "mean_entropy", "sample_disagreement",
+                               "semantic_entropy"}
+        assert scores["neg_logprob"] >= scores["neg_mean_logprob"] >= 0 and scores["mean_entropy"] >= 0
+        assert len(record["samples"]) == 4 and 0 <= scores["sample_disagreement"] <= 1

@@ -37,6 +37,7 @@ from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, open_model
 from halluc_cli.predictions import answer_questions
+from halluc_cli.uncertainty import answer_meaning
 from halluc_cli.probe import (
     CATEGORIES,
     ModelAnswerer,
@@ -293,6 +294,7 @@ def evaluate_tests(
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
     score = kind.scorer(cfg)
+    meaning = answer_meaning(load_kb(cfg.data.kb.path) if "kb" in cfg.data else None)  # groups the samples
     headline: dict[str, float] = {}
     for point, weights in rundir.EVAL_WEIGHTS.items():
         model_dir = complete_dir(run_dir / weights)
@@ -300,7 +302,7 @@ def evaluate_tests(
             continue
         model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
-        records = answer_questions(decoder, examples, template, abstain_phrase)
+        records = answer_questions(decoder, examples, template, abstain_phrase, meaning)
         del decoder, model  # before the next point's weights load
         release_memory(device)
         scores, rates = score(records)

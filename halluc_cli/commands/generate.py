@@ -18,7 +18,9 @@ from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.models import check_causal_lm, open_model
+from halluc_cli.data.kb import load_kb
 from halluc_cli.predictions import answer_questions
+from halluc_cli.uncertainty import answer_meaning
 from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator, load_dtype
 
@@ -30,7 +32,8 @@ def run(cfg: DictConfig) -> None:
     if cfg.questions is not None and not cfg.questions:
         raise UserError("questions=[] names no set; name sets (questions=[test_known]) or leave questions out")
     source = resolve_model(cfg.ckpt, cfg.weights)
-    prompt_template, abstain_phrase = _qa_format(cfg, source.run_dir)
+    data = _run_data(source.run_dir)
+    prompt_template, abstain_phrase = qa_format(data, cfg.prompt_template, cfg.abstain_phrase)
     examples = None if cfg.prompts else _questions(cfg.questions, source.run_dir)
     prompts = _read_prompts(Path(cfg.prompts)) if cfg.prompts else None
     if source.foreign:
@@ -50,16 +53,19 @@ def run(cfg: DictConfig) -> None:
             for i, (prompt, outputs) in enumerate(zip(prompts, decoder.generate(prompts)))
         ]
     else:
-        records = answer_questions(decoder, examples, prompt_template, abstain_phrase)
+        meaning = answer_meaning(load_kb(data.kb.path) if "kb" in data else None)  # groups the samples
+        records = answer_questions(decoder, examples, prompt_template, abstain_phrase, meaning)
     atomic_write_jsonl(run_dir / PREDICTIONS_FILE, records)
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
 
 
-def _qa_format(cfg: DictConfig, source_dir: Path | None) -> tuple[str, str]:
-    """The prompt template and abstain phrase: given, else the training run's, else the defaults."""
+def _run_data(source_dir: Path | None) -> DictConfig:
+    """The training run's data settings (its prompt template, abstain phrase, KB); empty for a
+    model halluc did not train."""
     run_config = source_dir / CONFIG_FILE if source_dir is not None else None
-    data = OmegaConf.load(run_config).get("data", {}) if run_config is not None and run_config.is_file() else {}
-    return qa_format(data, cfg.prompt_template, cfg.abstain_phrase)
+    if run_config is None or not run_config.is_file():
+        return OmegaConf.create({})
+    return OmegaConf.load(run_config).get("data") or OmegaConf.create({})
 
 
 def _questions(names: list[str] | None, source_dir: Path | None) -> list[QAExample]:
