@@ -19,10 +19,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.normalize import normalize_text
-from halluc_cli.decoding import Continuation
+
+if TYPE_CHECKING:  # scoring reads ESTIMATORS without importing the decoder (and torch)
+    from halluc_cli.decoding import Continuation
+
+# The scores, in the order tables show them; the sampled ones only with samples.
+ESTIMATORS = ("neg_logprob", "neg_mean_logprob", "mean_entropy", "sample_disagreement", "semantic_entropy")
 
 # An answer -> the name of its meaning: equal names, one meaning.
 Meaning = Callable[[str], str]

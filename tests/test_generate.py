@@ -104,3 +104,9 @@ def test_every_answer_carries_its_uncertainty(finetuned: Path, tmp_path: Path) -
                                "semantic_entropy"}
         assert scores["neg_logprob"] >= scores["neg_mean_logprob"] >= 0 and scores["mean_entropy"] >= 0
         assert len(record["samples"]) == 4 and 0 <= scores["sample_disagreement"] <= 1
+    scored = run_cli("score", f"predictions={tmp_path / 'gen' / 'predictions.jsonl'}", f"hydra.run.dir={tmp_path / 'sc'}")
+    assert scored.exit_code == 0, scored.stderr
+    assert "hallucination detectors" in scored.stdout
+    detection = json.loads((tmp_path / "sc" / "scores.json").read_text())["mean"]["detection"]
+    assert set(detection["estimators"]) == {"neg_logprob", "neg_mean_logprob", "mean_entropy",
+                                            "sample_disagreement", "semantic_entropy"}

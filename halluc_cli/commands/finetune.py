@@ -33,6 +33,7 @@ from halluc_cli.data.tokenizer import load_tokenizer, prompt_ids
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
+from halluc_cli.scoring.detection import judge_detectors
 from halluc_cli.scoring.metrics import classification_metrics, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, open_model
@@ -140,7 +141,7 @@ def _qa_scorer(cfg: DictConfig) -> Scorer:
     kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None  # once for both sets of weights
 
     def score(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
-        scores = score_predictions(records, kb)
+        scores = {**score_predictions(records, kb), "detection": judge_detectors(records, kb)}
         headline = {
             f"{group}_{metric}": rates[metric]
             for group, rates in scores["by_known"].items()

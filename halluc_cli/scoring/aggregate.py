@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.errors import UserError
+from halluc_cli.uncertainty import ESTIMATORS
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
 from halluc_cli.rundir import (
@@ -53,6 +54,13 @@ METRICS: dict[str, tuple[str, ...]] = {
     "unknown_abstention_rate": ("by_known", "unknown", "abstention_rate"),
     # runs verified against the KB: the share of answers marked contradicted that were wrong
     "verifier_precision": ("verification", "precision"),
+    # each uncertainty score as a detector (scoring/detection.py): of wrong vs right answers,
+    # and of unknown-fact vs known-fact questions
+    **{
+        f"{estimator}_{name}": ("detection", "estimators", estimator, *path)
+        for estimator in ESTIMATORS
+        for name, path in (("roc_auc", ("overall", "roc_auc")), ("unknown_roc_auc", ("known_vs_unknown_roc_auc",)))
+    },
     # data.known_from=probe: each SliCK category's test set (Gekhman et al. 2024, Table 2)
     **{
         f"{category}_{rate}": ("by_category", category, rate)

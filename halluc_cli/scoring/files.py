@@ -1,7 +1,8 @@
 """Scores of prediction files (`halluc score predictions=...`).
 
 per file: (locate each question's fact; under kb_verify, verify the answers against the KB
-by the policy) -> metrics -> the scores.json record: each file's metrics and their mean
+by the policy) -> metrics (and, where the records carry uncertainty scores, how well each
+detects the wrong answers: `detection.py`) -> the scores.json record: each file's metrics and their mean
 and 95% interval over the files (seeds).
 """
 
@@ -12,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.data.kb import load_kb
+from halluc_cli.scoring.detection import judge_detectors
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
@@ -36,13 +38,16 @@ def score_file(
         verified = verifier.apply_claim_policy(records, cfg.mitigation.policy)
         return {"before": verifier.factscore(records), "after": verifier.factscore(verified)}, verified
     records = _with_subjects(records, verifier)
+    # How well each uncertainty score tells wrong answers from right ones (generate writes them).
+    detection = {"detection": judge_detectors(records, kb)} if any("uncertainty" in r for r in records) else {}
     if not verify:
-        return score_predictions(records, kb), None
+        return {**score_predictions(records, kb), **detection}, None
     verified = verifier.apply_policy(records, cfg.mitigation.policy)
     metrics = {
         "before": score_predictions(records, kb),
         "after": score_predictions(verified, kb),
         "verification": verification_summary(verified, kb),
+        **detection,
     }
     return metrics, verified
 

@@ -108,6 +108,8 @@ def print_scores(scores: dict[str, Any], cfg: DictConfig) -> None:
         _print_rows(f"{title}: FActScore", _FACTSCORE_ROWS, columns)
     else:
         _print_classification(title, mean)
+    if "detection" in mean:  # the predictions carry uncertainty scores
+        _print_detection(mean["detection"])
 
 
 def _print_qa(title: str, before: Mapping[str, Any], after: Mapping[str, Any] | None = None) -> None:
@@ -127,6 +129,23 @@ def _print_qa(title: str, before: Mapping[str, Any], after: Mapping[str, Any] | 
             row_after = _dig(after, keys)
             cells = [f"{cell} -> {_cell(row_after.get(column))}" for cell, column in zip(cells, _QA_COLUMNS)]
         table.add_row(label, _cell(row.get("n"), count=True), *cells)
+    console.print(table)
+
+
+def _print_detection(detection: Mapping[str, Any]) -> None:
+    """A row per uncertainty score: how well it ranks wrong answers above right ones (ROC-AUC,
+    PRR), its calibration where it is a probability (ECE), and how well it tells questions
+    about unknown facts from known ones."""
+    table = Table(title="uncertainty scores as hallucination detectors (higher score = less sure)")
+    for header in ("score", "ROC-AUC\nwrong vs right", "PRR", "ECE", "ROC-AUC\nunknown vs known"):
+        table.add_column(header, justify="left" if header == "score" else "right")
+    for name, judged in detection["estimators"].items():
+        overall = judged.get("overall", {})
+        table.add_row(
+            name,
+            *(_cell(value) for value in (overall.get("roc_auc"), overall.get("prr"), judged.get("ece"),
+                                         judged.get("known_vs_unknown_roc_auc"))),
+        )
     console.print(table)
 
 
