@@ -98,7 +98,8 @@ class Decoder:
     ) -> list[Continuation]:
         """Decode one batch of tokenized prompts: each prompt's `num_samples` continuations (greedy:
         one), after its greedy one if `greedy_first`, prompt after prompt; `scored`: with their
-        log-probabilities and entropies (a log-softmax over the vocabulary a step), else NaN.
+        log-probabilities and entropies (a log-softmax over the vocabulary a step; with
+        `greedy_first`, of the greedy rows alone, the answers kept), else NaN.
 
         The prompts go through the model once; a prompt's rows then continue from copies of
         its state (`repeat_state`), so its prefix is not computed again for every sample.
@@ -123,6 +124,8 @@ class Decoder:
         # Each step's mask is a prefix of this one: the prompts', then ones for the new tokens.
         full_mask = torch.cat([mask, mask.new_ones(rows, steps)], dim=1) if padded else None
         sampled = self._sampled_rows(len(prompts), per_prompt, greedy_first)
+        # The scores of the answer that is kept: with a greedy row beside samples, that row alone.
+        scored_rows = torch.arange(len(prompts), device=self.device) * per_prompt if greedy_first else slice(None)
         is_stop = self._stop_table(logits.shape[-1])  # (V,): one lookup a step instead of isin
         tokens = torch.empty((rows, steps), dtype=torch.long, device=self.device)
         logprobs = torch.zeros((rows, steps), device=self.device)
@@ -133,9 +136,9 @@ class Decoder:
             token = self._choose(logits[:, -1, :], sampled)  # (B,)
             tokens[:, made] = token
             if scored:  # the model's own distribution (T=1), whatever the sampling temperature
-                log_p = torch.log_softmax(logits[:, -1, :].float(), dim=-1)
-                logprobs[:, made] = log_p.gather(-1, token[:, None]).squeeze(-1)
-                entropies[:, made] = -(log_p.exp() * log_p).sum(-1)
+                log_p = torch.log_softmax(logits[scored_rows, -1, :].float(), dim=-1)
+                logprobs[scored_rows, made] = log_p.gather(-1, token[scored_rows, None]).squeeze(-1)
+                entropies[scored_rows, made] = torch.special.entr(log_p.exp()).sum(-1)  # a -inf logit adds 0
             made += 1
             finished |= is_stop[token]
             if made == steps or bool(finished.all()):  # no forward pass for logits nobody reads
@@ -148,8 +151,11 @@ class Decoder:
         # Its scores cover those and the stop token, which says the answer is complete.
         covered = (lengths + 1).clamp(max=made)
         kept = torch.arange(made, device=self.device)[None, :] < covered[:, None]
-        logprob = (logprobs[:, :made] * kept).sum(-1) if scored else torch.full((rows,), float("nan"))
-        entropy = (entropies[:, :made] * kept).sum(-1) / covered if scored else torch.full((rows,), float("nan"))
+        # where, not a product: whatever a step after the stop holds (-inf, NaN) stays out
+        logprob = torch.where(kept, logprobs[:, :made], 0.0).sum(-1)
+        entropy = torch.where(kept, entropies[:, :made], 0.0).sum(-1) / covered
+        if not scored:
+            logprob, entropy = torch.full_like(logprob, float("nan")), torch.full_like(entropy, float("nan"))
         return [
             Continuation(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip(), lp, count, ent)
             for row, length, lp, count, ent in zip(

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.commands.common import resolve_model, start_run
-from halluc_cli.console import print_table
+from halluc_cli.console import print_table, print_warning
 from halluc_cli.data.qa import QAExample, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
@@ -20,7 +20,7 @@ from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.models import check_causal_lm, open_model
 from halluc_cli.data.kb import load_kb
 from halluc_cli.predictions import answer_questions
-from halluc_cli.uncertainty import answer_meaning
+from halluc_cli.uncertainty import Meaning, answer_meaning
 from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator, load_dtype
 
@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> None:
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
     tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
+    meaning = _answer_meaning(cfg, data) if examples is not None else None
     run_dir = start_run(cfg)
 
     accelerator = build_accelerator(cfg.device)
@@ -53,10 +54,22 @@ def run(cfg: DictConfig) -> None:
             for i, (prompt, outputs) in enumerate(zip(prompts, decoder.generate(prompts)))
         ]
     else:
-        meaning = answer_meaning(load_kb(data.kb.path) if "kb" in data else None)  # groups the samples
         records = answer_questions(decoder, examples, prompt_template, abstain_phrase, meaning)
     atomic_write_jsonl(run_dir / PREDICTIONS_FILE, records)
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
+
+
+def _answer_meaning(cfg: DictConfig, data: DictConfig) -> Meaning:
+    """What groups sampled answers by meaning: normalization, and the aliases of the training
+    run's KB where there are samples to group and that KB is still where the run read it."""
+    sampling = cfg.decoding.name == "sample" and cfg.decoding.num_samples > 1
+    if not sampling or "kb" not in data:
+        return answer_meaning()
+    try:
+        return answer_meaning(load_kb(data.kb.path))
+    except UserError as error:
+        print_warning(f"samples grouped by normalization alone: the run's KB does not load ({error})")
+        return answer_meaning()
 
 
 def _run_data(source_dir: Path | None) -> DictConfig:

@@ -190,8 +190,8 @@ def judge_detectors(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | No
     _check_uncertainty(records)
     aliases = kb_aliases(kb) if kb is not None else None
     answers = [_answer(record, aliases) for record in records if not record["abstained"]]
-    if not answers:
-        raise UserError("every prediction abstained: there are no answers to judge the detectors on")
+    if not answers:  # a model that abstains on everything: nothing to judge, not a mistake
+        return {"n": 0, "abstained": len(records), "estimators": {}}
     names = dict.fromkeys(  # first-seen order
         name for answer in answers for name, score in answer.uncertainty.items() if _is_score(score)
     )
@@ -248,6 +248,11 @@ def _judge_estimator(name: str, answers: list[_Answer]) -> dict[str, Any]:
     judgement["known_vs_unknown_roc_auc"] = roc_auc(scores, [not answer.known for _, answer in scored])
     if name in CONFIDENCE:
         confidences = [CONFIDENCE[name](score) for score in scores]
+        if not all(0 <= confidence <= 1 for confidence in confidences):
+            raise UserError(
+                f"uncertainty score {name!r} gives a probability outside [0, 1] for some answers; "
+                "a hand-made predictions file must keep each score in its range (see halluc_cli/uncertainty.py)"
+            )
         judgement["ece"] = expected_calibration_error(confidences, [not answer.wrong for _, answer in scored])
     return judgement
 

@@ -216,6 +216,13 @@ def test_judge_detectors_without_scores_is_a_user_error() -> None:
         judge_detectors([qa("Paris", "Paris", True, {"neg_logprob": 0.1}), qa("Rome", "Lima", False, None)])
 
 
-def test_judge_detectors_with_every_answer_abstained_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="every prediction abstained"):
-        judge_detectors([qa("I don't know", "Paris", True, {"neg_logprob": 0.1}, abstained=True)])
+def test_judge_detectors_with_every_answer_abstained_judges_nothing() -> None:
+    # A model that abstains on everything is a result to report, not a mistake.
+    judged = judge_detectors([qa("I don't know", "Paris", True, {"neg_logprob": 0.1}, abstained=True)])
+    assert judged == {"n": 0, "abstained": 1, "estimators": {}}
+
+
+def test_a_hand_made_score_outside_its_range_is_one_clear_error() -> None:
+    with pytest.raises(UserError, match="'sample_disagreement' gives a probability outside"):
+        judge_detectors([qa("Paris", "Paris", True, {"sample_disagreement": 1.5}),
+                         qa("Rome", "Lima", False, {"sample_disagreement": 0.2})])
