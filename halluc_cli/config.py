@@ -546,6 +546,28 @@ class KBVerifyConfig(MitigationConfig):
     policy: VerifyPolicy = VerifyPolicy.flag  # what to do with an answer the KB contradicts
 
 
+class SelectionTarget(Choice):
+    """What the threshold of `mitigation=abstain_uncertain` is chosen to reach on the calibration set."""
+
+    coverage = "coverage"  # answer this share of the questions, the surest first
+    correct_kept = "correct_kept"  # keep this share of the right answers
+
+
+@dataclass
+class AbstainUncertainConfig(MitigationConfig):
+    """Selective answering (`halluc_cli/scoring/selective.py`): abstain where an uncertainty
+    score is above a threshold chosen on held-out predictions (`calibration`), never on the
+    predictions it is applied to."""
+
+    name: str = "abstain_uncertain"
+    estimator: str = "neg_mean_logprob"  # a key of the predictions' uncertainty scores
+    # predictions of held-out questions by the same model: a finetune run's
+    # eval/<point>/valid_predictions.jsonl
+    calibration: str = MISSING
+    target: SelectionTarget = SelectionTarget.correct_kept
+    level: float = bounded(0.9, 0.0, 1.0, low_open=True)  # the share the target keeps
+
+
 class UnknownAction(Choice):
     drop = "drop"
     idk = "idk"  # relabel to data.abstain_phrase
@@ -633,4 +655,5 @@ def register_configs() -> None:
     store.store(name="schema_data_qa_file", node=QAFileConfig)
     store.store(name="schema_mitigation_none", node=MitigationConfig)
     store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)
+    store.store(name="schema_mitigation_abstain_uncertain", node=AbstainUncertainConfig)
     store.store(name="schema_mitigation_clean", node=CleanConfig)

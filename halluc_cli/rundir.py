@@ -49,16 +49,21 @@ EVAL_POINTS = tuple(EVAL_WEIGHTS)
 
 # --- generate's and score's (and finetune's, in eval/<point>/)
 PREDICTIONS_FILE = "predictions.jsonl"  # one prediction record a line
+VALID_PREDICTIONS_FILE = "valid_predictions.jsonl"  # finetune's eval/<point>/: the validation set's answers
 SCORES_FILE = "scores.json"  # the metrics of the predictions
 SWEEP_SUMMARY_FILE = "summary.csv"  # score runs=: a row per group of seeds and eval point
 SWEEP_RUNS_FILE = "runs.csv"  # score runs=: a row per run
 
 
-def verified_predictions_file(index: int, files: int) -> str:
-    """Where score mitigation=kb_verify writes the verified records of its `index`th of `files`
-    prediction files: predictions_verified.jsonl for one, predictions_verified_<index>.jsonl
-    for several."""
-    return "predictions_verified.jsonl" if files == 1 else f"predictions_verified_{index}.jsonl"
+MITIGATED = {"kb_verify": "verified", "abstain_uncertain": "selected"}  # score's mitigations -> file name
+
+
+def mitigated_predictions_file(mitigation: str, index: int, files: int) -> str:
+    """Where score mitigation=kb_verify (abstain_uncertain) writes the verified (selected)
+    records of its `index`th of `files` prediction files: predictions_verified.jsonl for one,
+    predictions_verified_<index>.jsonl for several."""
+    done = MITIGATED[mitigation]
+    return f"predictions_{done}.jsonl" if files == 1 else f"predictions_{done}_{index}.jsonl"
 
 
 _claimed: dict[Path, FileLock] = {}

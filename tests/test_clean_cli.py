@@ -123,4 +123,4 @@ def test_kb_verify_belongs_to_score_and_clean_to_finetune(lstm_run: Path, tmp_pa
                                        "known": True, "abstained": False}) + "\n")
     result = run_cli("score", f"predictions={predictions}", "mitigation=clean", f"hydra.run.dir={tmp_path / 'score'}")
     assert result.exit_code == 2
-    assert "Could not find 'mitigation/clean'; Available options in 'mitigation': kb_verify, none" in result.stderr
+    assert "Could not find 'mitigation/clean'; Available options in 'mitigation': abstain_uncertain, kb_verify, none" in result.stderr

@@ -110,3 +110,35 @@ def test_every_answer_carries_its_uncertainty(finetuned: Path, tmp_path: Path) -
     detection = json.loads((tmp_path / "sc" / "scores.json").read_text())["mean"]["detection"]
     assert set(detection["estimators"]) == {"neg_logprob", "neg_mean_logprob", "mean_entropy",
                                             "sample_disagreement", "semantic_entropy"}
+
+
+def test_selective_answering_calibrated_on_the_validation_answers(finetuned: Path, tmp_path: Path) -> None:
+    final = finetuned / "eval" / "final"
+    assert (final / "valid_predictions.jsonl").is_file()  # finetune answers its validation set for this
+    args = ["score", f"predictions={final / 'predictions.jsonl'}", "mitigation=abstain_uncertain",
+            f"mitigation.calibration={final / 'valid_predictions.jsonl'}"]
+    result = run_cli(*args, "mitigation.target=coverage", "mitigation.level=0.5", f"hydra.run.dir={tmp_path / 'sc'}")
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads((tmp_path / "sc" / "scores.json").read_text())["mean"]
+    assert scores["selection"]["withheld"]["mean"] >= 1
+    assert scores["after"]["overall"]["abstention_rate"]["mean"] > scores["before"]["overall"]["abstention_rate"]["mean"]
+    assert (tmp_path / "sc" / "predictions_selected.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["mitigation.estimator=vibes"], "has no uncertainty score 'vibes'"),
+        (["mitigation.level=0"], "mitigation.level=0.0 is out of range"),
+        (["mitigation.calibration=SCORED"], "is also scored; calibrate on held-out predictions"),
+        (["mitigation.target=most"], "expected one of"),
+    ],
+)
+def test_bad_selective_answering_settings(overrides: list[str], message: str, finetuned: Path, tmp_path: Path) -> None:
+    final = finetuned / "eval" / "final"
+    overrides = [o.replace("SCORED", str(final / "predictions.jsonl")) for o in overrides]
+    result = run_cli("score", f"predictions={final / 'predictions.jsonl'}", "mitigation=abstain_uncertain",
+                     f"mitigation.calibration={final / 'valid_predictions.jsonl'}", *overrides,
+                     f"hydra.run.dir={tmp_path / 'sc'}")
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "sc").exists()

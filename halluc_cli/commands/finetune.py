@@ -289,8 +289,9 @@ def evaluate_tests(
 
     Gekhman et al. compare the early-stopping point with convergence: Unknown examples are
     nearly harmless at the first and hurt at the second. Writes eval/<point>/ (early_stop:
-    the best weights, final: the last) with predictions.jsonl and scores.json; returns the
-    headline rates for the summary.
+    the best weights, final: the last) with predictions.jsonl and scores.json, and
+    valid_predictions.jsonl (the validation set's answers, for `halluc score
+    mitigation=abstain_uncertain` to calibrate on); returns the headline rates for the summary.
     """
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
@@ -303,11 +304,14 @@ def evaluate_tests(
             continue
         model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
-        records = answer_questions(decoder, examples, template, abstain_phrase, meaning)
+        # The validation set too, apart: held-out answers to calibrate selective answering on.
+        records = answer_questions(decoder, examples + qa_sets["valid"], template, abstain_phrase, meaning)
+        records, valid_records = records[: len(examples)], records[len(examples) :]
         del decoder, model  # before the next point's weights load
         release_memory(device)
         scores, rates = score(records)
         out_dir = run_dir / rundir.EVAL_DIR / point
+        atomic_write_jsonl(out_dir / rundir.VALID_PREDICTIONS_FILE, valid_records)
         atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / rundir.SCORES_FILE, scores)
         headline.update({f"{point}_{name}": value for name, value in rates.items()})

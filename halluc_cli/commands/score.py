@@ -10,6 +10,7 @@ into summary.csv, runs.csv, PNG plots and a table, mean and 95% interval over se
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -18,12 +19,13 @@ from halluc_cli import rundir
 from halluc_cli.commands.common import start_run
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl
-from halluc_cli.predictions import FIELDS, read_prediction_files
+from halluc_cli.predictions import FIELDS, read_prediction_files, read_predictions
 from halluc_cli.scoring.files import kb_verifier, score_file, scores_record
+from halluc_cli.scoring.selective import choose_threshold, estimator_scores
 from halluc_cli.scoring.sweep import gather_sweep, write_sweep
 from halluc_cli.scoring.tables import print_scores
 
-MITIGATIONS = ("none", "kb_verify")
+MITIGATIONS = ("none", "kb_verify", "abstain_uncertain")
 
 
 def run(cfg: DictConfig) -> None:
@@ -36,14 +38,15 @@ def run(cfg: DictConfig) -> None:
         return
     files = read_prediction_files(cfg.predictions, cfg.task, cfg.questions)
     verifier = None if cfg.task == "classification" else kb_verifier(cfg)
+    threshold = _selection_threshold(cfg, files) if cfg.mitigation.name == "abstain_uncertain" else None
 
     run_dir = start_run(cfg)
     per_file = []
     for index, (path, records) in enumerate(files.items()):
-        metrics, verified = score_file(records, cfg, verifier)
+        metrics, verified = score_file(records, cfg, verifier, threshold)
         entry: dict[str, Any] = {"file": str(path), "metrics": metrics}
         if verified is not None:
-            name = rundir.verified_predictions_file(index, len(files))
+            name = rundir.mitigated_predictions_file(cfg.mitigation.name, index, len(files))
             atomic_write_jsonl(run_dir / name, verified)
             entry["verified_predictions"] = name
         per_file.append(entry)
@@ -69,3 +72,18 @@ def _check_settings(cfg: DictConfig) -> None:
         raise UserError(
             "mitigation=kb_verify checks answers against the KB; with task=classification use mitigation=none"
         )
+    if name == "abstain_uncertain" and (cfg.task != "qa" or cfg.runs is not None):
+        raise UserError("mitigation=abstain_uncertain applies to QA predictions= files (task=qa)")
+
+
+def _selection_threshold(cfg: DictConfig, files: dict[Path, list[dict[str, Any]]]) -> float:
+    """The threshold chosen on the calibration predictions; every file is checked for the
+    score first, so a mistake writes nothing."""
+    mitigation = cfg.mitigation
+    calibration = Path(mitigation.calibration)
+    records = read_predictions(calibration, "qa")
+    if calibration.resolve() in {path.resolve() for path in files}:
+        raise UserError(f"mitigation.calibration={calibration} is also scored; calibrate on held-out predictions")
+    for path, scored in files.items():
+        estimator_scores(scored, mitigation.estimator, str(path))
+    return choose_threshold(records, mitigation.estimator, str(mitigation.target), mitigation.level, str(calibration))

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.data.kb import load_kb
 from halluc_cli.scoring.detection import judge_detectors
+from halluc_cli.scoring.selective import abstain_above, selection_summary
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
 from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
@@ -24,10 +25,10 @@ def kb_verifier(cfg: DictConfig) -> KBVerifier:
 
 
 def score_file(
-    records: list[dict[str, Any]], cfg: DictConfig, verifier: KBVerifier | None
+    records: list[dict[str, Any]], cfg: DictConfig, verifier: KBVerifier | None, threshold: float | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    """The metrics of one file and, under kb_verify, its verified records (no verifier:
-    classification, which needs no KB)."""
+    """The metrics of one file and, under kb_verify (abstain_uncertain, at `threshold`), its
+    verified (selected) records (no verifier: classification, which needs no KB)."""
     verify = cfg.mitigation.name == "kb_verify"
     if verifier is None:
         return classification_metrics(records), None
@@ -40,6 +41,16 @@ def score_file(
     records = _with_subjects(records, verifier)
     # How well each uncertainty score tells wrong answers from right ones (generate writes them).
     detection = {"detection": judge_detectors(records, kb)} if any("uncertainty" in r for r in records) else {}
+    if cfg.mitigation.name == "abstain_uncertain":
+        estimator = cfg.mitigation.estimator
+        selected = abstain_above(records, estimator, threshold, cfg.abstain_phrase, "predictions")
+        metrics = {
+            "before": score_predictions(records, kb),
+            "after": score_predictions(selected, kb),
+            "selection": {"estimator": estimator, "threshold": threshold, **selection_summary(records, selected)},
+            **detection,
+        }
+        return metrics, selected
     if not verify:
         return {**score_predictions(records, kb), **detection}, None
     verified = verifier.apply_policy(records, cfg.mitigation.policy)

@@ -81,6 +81,7 @@ def _interval_cell(stat: Mapping[str, float] | None) -> str:
 
 # --- prediction files (predictions=) -------------------------------------------------------
 
+_SELECTION_ROWS = ("threshold", "withheld", "withheld_wrong", "coverage")
 _VERIFIER_ROWS = ("supported", "contradicted", "unverifiable", "abstained", "precision", "recall")
 _FACTSCORE_ROWS = ("n", "responses_with_claims", "claims", "supported", "contradicted", "unverifiable", "factscore")
 _RATES = ("precision", "recall", "factscore", "error_rate", "accuracy")
@@ -101,6 +102,10 @@ def print_scores(scores: dict[str, Any], cfg: DictConfig) -> None:
     if cfg.task == "qa" and verify:
         _print_qa(title, mean["before"], mean["after"])
         _print_rows(f"verifier (policy={cfg.mitigation.policy})", _VERIFIER_ROWS, {"value": mean["verification"]})
+    elif cfg.task == "qa" and "selection" in mean:
+        _print_qa(title, mean["before"], mean["after"], step="selective answering")
+        rule = f"selective answering ({cfg.mitigation.estimator} above the threshold chosen on {cfg.mitigation.calibration})"
+        _print_rows(rule, _SELECTION_ROWS, {"value": mean["selection"]})
     elif cfg.task == "qa":
         _print_qa(title, mean)
     elif cfg.task == "freetext":
@@ -112,10 +117,12 @@ def print_scores(scores: dict[str, Any], cfg: DictConfig) -> None:
         _print_detection(mean["detection"])
 
 
-def _print_qa(title: str, before: Mapping[str, Any], after: Mapping[str, Any] | None = None) -> None:
+def _print_qa(
+    title: str, before: Mapping[str, Any], after: Mapping[str, Any] | None = None, step: str = "verification"
+) -> None:
     """Rows: overall, known, unknown, each relation, each SliCK category (data.known_from=probe);
     with `after`, cells read before -> after."""
-    table = Table(title=title + (": before -> after verification" if after else ""))
+    table = Table(title=title + (f": before -> after {step}" if after else ""))
     for header in ("group", "n", *_QA_COLUMNS.values()):
         table.add_column(header, justify="left" if header == "group" else "right")
     groups = {"overall": ("overall",)}

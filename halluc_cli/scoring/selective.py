@@ -1,0 +1,85 @@
+"""Selective answering (`halluc score mitigation=abstain_uncertain`): abstain where the model
+is unsure, by a threshold on one uncertainty score chosen on held-out predictions, never on
+the predictions it is applied to.
+
+`choose_threshold` reads the calibration predictions (e.g. a finetune run's
+`eval/<point>/valid_predictions.jsonl`: its validation questions, answered by the same
+weights) and finds the threshold that meets the target there: answer the `level` share of the
+questions the model is surest of (`target=coverage`), or keep the `level` share of its right
+answers (`target=correct_kept`, the issue's "coverage that keeps >= 90% of the correct
+answers"). `abstain_above` turns every answer scored above it into an abstention.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from halluc_cli.data.normalize import normalize_text
+from halluc_cli.errors import UserError
+from halluc_cli.scoring.metrics import accepted_answers
+
+
+def estimator_scores(records: Sequence[Mapping[str, Any]], estimator: str, where: str) -> list[float]:
+    """Each record's `estimator` score; a record without it is a UserError naming `where`."""
+    scores = []
+    for record in records:
+        value = (record.get("uncertainty") or {}).get(estimator)
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            known = sorted((record.get("uncertainty") or {}).keys())
+            raise UserError(
+                f"{where}: prediction {record.get('id')!r} has no uncertainty score {estimator!r} "
+                f"(it has {', '.join(known) or 'none'}); choose mitigation.estimator among them, "
+                "or generate the predictions again with this version"
+            )
+        scores.append(float(value))
+    return scores
+
+
+def choose_threshold(
+    records: Sequence[Mapping[str, Any]], estimator: str, target: str, level: float, where: str
+) -> float:
+    """The largest score an answer may have and still be given, chosen on `records`."""
+    answered = [record for record in records if not record["abstained"]]
+    scores = estimator_scores(answered, estimator, where)
+    if target == "correct_kept":
+        right = [
+            score for score, record in zip(scores, answered)
+            if normalize_text(record["prediction"]) in accepted_answers(record)
+        ]
+        if not right:
+            raise UserError(f"{where}: no right answer to keep; target=correct_kept needs some (or use target=coverage)")
+        scores = right
+    if not scores:
+        raise UserError(f"{where}: every calibration prediction abstained; no threshold can be chosen from them")
+    ranked = sorted(scores)
+    # The smallest threshold under which at least `level` of the scores fall.
+    return ranked[max(math.ceil(level * len(ranked)) - 1, 0)]
+
+
+def abstain_above(
+    records: Sequence[Mapping[str, Any]], estimator: str, threshold: float, abstain_phrase: str, where: str
+) -> list[dict[str, Any]]:
+    """The records, each answer scored above `threshold` replaced by the abstain phrase."""
+    scores = estimator_scores(records, estimator, where)
+    selected = []
+    for record, score in zip(records, scores):
+        unsure = not record["abstained"] and score > threshold
+        selected.append(
+            {**record, "prediction": abstain_phrase, "abstained": True, "abstained_uncertain": True}
+            if unsure else dict(record)
+        )
+    return selected
+
+
+def selection_summary(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How many answers the rule withheld, and how many of those were wrong."""
+    withheld = [old for old, new in zip(before, after) if new.get("abstained_uncertain")]
+    wrong = sum(normalize_text(r["prediction"]) not in accepted_answers(r) for r in withheld)
+    answered = sum(not r["abstained"] for r in before)
+    return {
+        "withheld": len(withheld),
+        "withheld_wrong": wrong,
+        "coverage": (answered - len(withheld)) / answered if answered else None,
+    }
