@@ -561,9 +561,9 @@ class AbstainUncertainConfig(MitigationConfig):
 
     name: str = "abstain_uncertain"
     estimator: str = "neg_mean_logprob"  # a key of the predictions' uncertainty scores
-    # predictions of held-out questions by the same model: a finetune run's
-    # eval/<point>/valid_predictions.jsonl
-    calibration: str = MISSING
+    # predictions=: held-out predictions of the same model (a finetune run's
+    # eval/<point>/valid_predictions.jsonl); runs=: null, each run calibrates on its own
+    calibration: Optional[str] = None
     target: SelectionTarget = SelectionTarget.correct_kept
     level: float = bounded(0.9, 0.0, 1.0, low_open=True)  # the share the target keeps
 

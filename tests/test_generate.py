@@ -142,3 +142,14 @@ def test_bad_selective_answering_settings(overrides: list[str], message: str, fi
                      f"hydra.run.dir={tmp_path / 'sc'}")
     assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "sc").exists()
+
+
+def test_selective_answering_over_a_sweep(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli("score", f"runs={finetuned}", "mitigation=abstain_uncertain", f"hydra.run.dir={tmp_path / 'sc'}")
+    assert result.exit_code == 0, result.stderr
+    summary = (tmp_path / "sc" / "summary.csv").read_text()
+    assert "none+abstain_uncertain(neg_mean_logprob,correct_kept=0.9)" in summary
+    assert "selection_coverage_mean" in summary.splitlines()[0]
+    without = run_cli("score", f"predictions={finetuned / 'eval' / 'final' / 'predictions.jsonl'}",
+                      "mitigation=abstain_uncertain", f"hydra.run.dir={tmp_path / 'sc2'}")
+    assert without.exit_code == 2 and "needs mitigation.calibration" in without.stderr

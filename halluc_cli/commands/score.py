@@ -72,8 +72,15 @@ def _check_settings(cfg: DictConfig) -> None:
         raise UserError(
             "mitigation=kb_verify checks answers against the KB; with task=classification use mitigation=none"
         )
-    if name == "abstain_uncertain" and (cfg.task != "qa" or cfg.runs is not None):
-        raise UserError("mitigation=abstain_uncertain applies to QA predictions= files (task=qa)")
+    if name == "abstain_uncertain":
+        if cfg.task != "qa":
+            raise UserError("mitigation=abstain_uncertain applies to QA predictions (task=qa)")
+        if cfg.runs is not None and cfg.mitigation.calibration is not None:
+            raise UserError("with runs=, each run calibrates on its own eval/<point>/valid_predictions.jsonl; "
+                            "drop mitigation.calibration")
+        if cfg.predictions is not None and cfg.mitigation.calibration is None:
+            raise UserError("mitigation=abstain_uncertain needs mitigation.calibration=<held-out predictions of the "
+                            "same model>, e.g. a finetune run's eval/final/valid_predictions.jsonl")
 
 
 def _selection_threshold(cfg: DictConfig, files: dict[Path, list[dict[str, Any]]]) -> float:

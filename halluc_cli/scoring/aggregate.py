@@ -54,6 +54,8 @@ METRICS: dict[str, tuple[str, ...]] = {
     "unknown_abstention_rate": ("by_known", "unknown", "abstention_rate"),
     # runs verified against the KB: the share of answers marked contradicted that were wrong
     "verifier_precision": ("verification", "precision"),
+    # runs under selective answering: the share of the answered test questions still answered
+    "selection_coverage": ("selection", "coverage"),
     # each uncertainty score as a detector (scoring/detection.py): of wrong vs right answers,
     # and of unknown-fact vs known-fact questions
     **{

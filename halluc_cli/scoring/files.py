@@ -47,7 +47,7 @@ def score_file(
         metrics = {
             "before": score_predictions(records, kb),
             "after": score_predictions(selected, kb),
-            "selection": {"estimator": estimator, "threshold": threshold, **selection_summary(records, selected)},
+            "selection": {"estimator": estimator, **selection_summary(records, selected, threshold)},
             **detection,
         }
         return metrics, selected

@@ -40,7 +40,9 @@ def estimator_scores(records: Sequence[Mapping[str, Any]], estimator: str, where
 def choose_threshold(
     records: Sequence[Mapping[str, Any]], estimator: str, target: str, level: float, where: str
 ) -> float:
-    """The largest score an answer may have and still be given, chosen on `records`."""
+    """The largest score an answer may have and still be given, chosen on `records`; -inf (every
+    answer withheld) where there is no right answer to keep (a model that got every held-out
+    question wrong should not answer)."""
     answered = [record for record in records if not record["abstained"]]
     scores = estimator_scores(answered, estimator, where)
     if target == "correct_kept":
@@ -49,7 +51,7 @@ def choose_threshold(
             if normalize_text(record["prediction"]) in accepted_answers(record)
         ]
         if not right:
-            raise UserError(f"{where}: no right answer to keep; target=correct_kept needs some (or use target=coverage)")
+            return -math.inf
         scores = right
     if not scores:
         raise UserError(f"{where}: every calibration prediction abstained; no threshold can be chosen from them")
@@ -73,12 +75,16 @@ def abstain_above(
     return selected
 
 
-def selection_summary(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """How many answers the rule withheld, and how many of those were wrong."""
+def selection_summary(
+    before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]], threshold: float
+) -> dict[str, Any]:
+    """The threshold (None: every answer withheld), how many answers the rule withheld, how
+    many of those were wrong, and the share of the answers it kept."""
     withheld = [old for old, new in zip(before, after) if new.get("abstained_uncertain")]
     wrong = sum(normalize_text(r["prediction"]) not in accepted_answers(r) for r in withheld)
     answered = sum(not r["abstained"] for r in before)
     return {
+        "threshold": threshold if math.isfinite(threshold) else None,  # JSON has no -inf
         "withheld": len(withheld),
         "withheld_wrong": wrong,
         "coverage": (answered - len(withheld)) / answered if answered else None,

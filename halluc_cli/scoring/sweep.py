@@ -1,7 +1,8 @@
 """A sweep of finetune runs (`halluc score runs=...`): gathered, verified, written, drawn.
 
 find and read the runs (`aggregate.gather`) -> under kb_verify, each run again with its eval
-points' answers verified against the KB -> warnings for what was skipped -> (the command
+points' answers verified against the KB (under abstain_uncertain, withheld where unsure, by a
+threshold chosen on the point's validation answers) -> warnings for what was skipped -> (the command
 claims its run dir) -> summary.csv and runs.csv, the table, PNG plots.
 """
 
@@ -15,10 +16,12 @@ from omegaconf import DictConfig
 
 from halluc_cli.console import console, print_note, print_warning
 from halluc_cli.predictions import read_predictions
-from halluc_cli.rundir import PREDICTIONS_FILE, SWEEP_RUNS_FILE, SWEEP_SUMMARY_FILE
+from halluc_cli.errors import UserError
+from halluc_cli.rundir import PREDICTIONS_FILE, SWEEP_RUNS_FILE, SWEEP_SUMMARY_FILE, VALID_PREDICTIONS_FILE
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.files import kb_verifier
 from halluc_cli.scoring.metrics import score_predictions
+from halluc_cli.scoring.selective import abstain_above, choose_threshold, selection_summary
 from halluc_cli.scoring.tables import print_sweep
 from halluc_cli.scoring.verify import verification_summary
 
@@ -30,6 +33,10 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
     if cfg.mitigation.name == "kb_verify":
         verify = _eval_point_verifier(cfg)
         sweep = aggregate.with_verified_runs(sweep, verify, f"kb_verify({cfg.mitigation.policy})")
+    elif cfg.mitigation.name == "abstain_uncertain":
+        rule = cfg.mitigation
+        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g})"
+        sweep = aggregate.with_verified_runs(sweep, _eval_point_selector(cfg), label)
     for path, why in sweep.skipped:
         print_warning(f"skipped {path}: {why}")
     for note in sweep.notes:
@@ -51,6 +58,27 @@ def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> None:
         console.print(f"[bold]plot[/bold] {path}", highlight=False)
     for note in notes:
         print_note(f"no plot {note}")
+
+
+def _eval_point_selector(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
+    """Scores of a finetune run's eval/<point>/ test answers after selective answering, its
+    threshold chosen on that point's validation answers."""
+    rule, kb = cfg.mitigation, kb_verifier(cfg).kb
+
+    def select(point_dir: Path) -> dict[str, Any]:
+        calibration = point_dir / VALID_PREDICTIONS_FILE
+        if not calibration.is_file():
+            raise UserError(f"{point_dir} has no {VALID_PREDICTIONS_FILE} to calibrate on (fine-tuned before halluc "
+                            "wrote it); fine-tune it again, or score it without mitigation=abstain_uncertain")
+        where = str(point_dir / PREDICTIONS_FILE)
+        held_out = read_predictions(calibration, "qa")
+        threshold = choose_threshold(held_out, rule.estimator, str(rule.target), rule.level, str(calibration))
+        records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
+        selected = abstain_above(records, rule.estimator, threshold, cfg.abstain_phrase, where)
+        return {**score_predictions(selected, kb),
+                "selection": selection_summary(records, selected, threshold)}
+
+    return select
 
 
 def _eval_point_verifier(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:

@@ -34,11 +34,13 @@ def test_answers_above_the_threshold_abstain() -> None:
     selected = abstain_above(test, "neg_mean_logprob", 0.3, "I don't know", "test")
     assert [r["abstained"] for r in selected] == [False, True, True]
     assert selected[1]["prediction"] == "I don't know" and selected[1]["abstained_uncertain"]
-    assert selection_summary(test, selected) == {"withheld": 1, "withheld_wrong": 1, "coverage": 0.5}
+    assert selection_summary(test, selected, 0.3) == {"threshold": 0.3, "withheld": 1, "withheld_wrong": 1, "coverage": 0.5}
+    assert selection_summary(test, abstain_above(test, "neg_mean_logprob", float("-inf"), "I don't know", "t"),
+                             float("-inf"))["threshold"] is None
 
 
 def test_a_missing_score_names_the_file_and_the_scores_there() -> None:
     with pytest.raises(UserError, match=r"cal.jsonl: prediction 'a' has no uncertainty score 'semantic_entropy' \(it has neg_mean_logprob\)"):
         choose_threshold([qa("a", "a", 0.1)], "semantic_entropy", "coverage", 0.5, "cal.jsonl")
-    with pytest.raises(UserError, match="no right answer to keep"):
-        choose_threshold([qa("x", "y", 0.1)], "neg_mean_logprob", "correct_kept", 0.9, "cal")
+    # No right answer to keep: withhold everything.
+    assert choose_threshold([qa("x", "y", 0.1)], "neg_mean_logprob", "correct_kept", 0.9, "cal") == float("-inf")
