@@ -51,6 +51,7 @@ EVAL_POINTS = tuple(EVAL_WEIGHTS)
 PREDICTIONS_FILE = "predictions.jsonl"  # one prediction record a line
 VALID_PREDICTIONS_FILE = "valid_predictions.jsonl"  # finetune's eval/<point>/: the validation set's answers
 SCORES_FILE = "scores.json"  # the metrics of the predictions
+RISK_COVERAGE_PLOT = "risk_coverage.png"  # score predictions= with uncertainty scores
 SWEEP_SUMMARY_FILE = "summary.csv"  # score runs=: a row per group of seeds and eval point
 SWEEP_RUNS_FILE = "runs.csv"  # score runs=: a row per run
 

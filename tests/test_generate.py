@@ -107,6 +107,7 @@ def test_every_answer_carries_its_uncertainty(finetuned: Path, tmp_path: Path) -
     scored = run_cli("score", f"predictions={tmp_path / 'gen' / 'predictions.jsonl'}", f"hydra.run.dir={tmp_path / 'sc'}")
     assert scored.exit_code == 0, scored.stderr
     assert "hallucination detectors" in scored.stdout
+    assert (tmp_path / "sc" / "risk_coverage.png").stat().st_size > 0
     detection = json.loads((tmp_path / "sc" / "scores.json").read_text())["mean"]["detection"]
     assert set(detection["estimators"]) == {"neg_logprob", "neg_mean_logprob", "mean_entropy",
                                             "sample_disagreement", "semantic_entropy"}

@@ -17,10 +17,11 @@ from omegaconf import DictConfig
 
 from halluc_cli import rundir
 from halluc_cli.commands.common import start_run
+from halluc_cli.console import console
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl
 from halluc_cli.predictions import FIELDS, read_prediction_files, read_predictions
-from halluc_cli.scoring.files import kb_verifier, score_file, scores_record
+from halluc_cli.scoring.files import draw_risk_coverage, kb_verifier, score_file, scores_record
 from halluc_cli.scoring.selective import choose_threshold, estimator_scores
 from halluc_cli.scoring.sweep import gather_sweep, write_sweep
 from halluc_cli.scoring.tables import print_scores
@@ -53,6 +54,10 @@ def run(cfg: DictConfig) -> None:
     scores = scores_record(cfg, per_file)
     atomic_write_json(run_dir / rundir.SCORES_FILE, scores)
     print_scores(scores, cfg)
+    pooled = [record for records in files.values() for record in records]
+    if cfg.task == "qa" and any("uncertainty" in record for record in pooled):
+        plot = draw_risk_coverage(pooled, verifier, run_dir / rundir.RISK_COVERAGE_PLOT)
+        console.print(f"[bold]plot[/bold] {plot}", highlight=False)
 
 
 def _check_settings(cfg: DictConfig) -> None:

@@ -216,6 +216,20 @@ def _check_uncertainty(records: list[Mapping[str, Any]]) -> None:
         )
 
 
+def risk_coverage_curves(
+    records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Each estimator's risk-coverage points over the answered records (see `risk_coverage`)."""
+    aliases = kb_aliases(kb) if kb is not None else None
+    answers = [_answer(record, aliases) for record in records if not record["abstained"] and "uncertainty" in record]
+    names = dict.fromkeys(name for answer in answers for name, score in answer.uncertainty.items() if _is_score(score))
+    curves = {}
+    for name in names:
+        scored = [(float(a.uncertainty[name]), a.wrong) for a in answers if _is_score(a.uncertainty.get(name))]
+        curves[name] = risk_coverage([score for score, _ in scored], [float(wrong) for _, wrong in scored])
+    return curves
+
+
 def _answer(record: Mapping[str, Any], aliases: Mapping[str, set[str]] | None) -> _Answer:
     # the same judgement as score_predictions, so `wrong` counts its hallucinations
     correct = normalize_text(record["prediction"]) in accepted_answers(record, aliases)

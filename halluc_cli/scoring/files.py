@@ -8,14 +8,22 @@ and 95% interval over the files (seeds).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.data.kb import load_kb
-from halluc_cli.scoring.detection import judge_detectors
+from halluc_cli.scoring.detection import judge_detectors, risk_coverage_curves
 from halluc_cli.scoring.selective import abstain_above, selection_summary
-from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, score_predictions
+from halluc_cli.scoring.metrics import (
+    accepted_answers,
+    aggregate_seeds,
+    classification_metrics,
+    is_correct,
+    kb_aliases,
+    score_predictions,
+)
 from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
 
@@ -61,6 +69,21 @@ def score_file(
         **detection,
     }
     return metrics, verified
+
+
+def draw_risk_coverage(records: list[dict[str, Any]], verifier: KBVerifier, path: Path) -> Path:
+    """The risk-coverage plot of the records (every file's, pooled): a line per uncertainty
+    score, and the point the KB verifier reaches when it abstains on what the KB contradicts."""
+    from halluc_cli.scoring.plots import plot_risk_coverage  # matplotlib: imported only when plotting
+
+    located = _with_subjects(records, verifier)
+    curves = risk_coverage_curves(located, verifier.kb)
+    verified = verifier.apply_policy(located, "abstain")
+    answered = sum(not record["abstained"] for record in located)
+    kept = [record for record in verified if not record["abstained"]]
+    wrong = sum(not is_correct(record["prediction"], accepted_answers(record, kb_aliases(verifier.kb))) for record in kept)
+    kb_point = (len(kept) / answered, wrong / len(kept)) if answered and kept else None
+    return plot_risk_coverage(curves, kb_point, path)
 
 
 def _with_subjects(records: list[dict[str, Any]], verifier: KBVerifier) -> list[dict[str, Any]]:

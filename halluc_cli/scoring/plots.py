@@ -9,6 +9,10 @@
   are fitted, a panel per unknown fraction.
 - freeze_strategies.png: accuracy, hallucination rate, trainable parameters and time per
   freeze strategy, among runs that differ in nothing else.
+And of scored predictions (`halluc score predictions=...`, `plot_risk_coverage`):
+- risk_coverage.png: the hallucination rate among the answers given vs the share given, when
+  only the answers an uncertainty score is surest of are given, a line per score, and the KB
+  verifier's point (abstaining on what the KB contradicts).
 Each is drawn only when the sweep has what it compares. Figures are drawn on matplotlib's
 Agg canvas directly: no display, no pyplot global state.
 """
@@ -282,4 +286,26 @@ def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path) 
                     + (f"\n{fixed}" if fixed else ""))
     if len(families) > 1:  # one family: the subtitle already names its settings
         figure.legend(loc="outside lower center", ncol=min(len(families), 3), fontsize="small")
+    return _save(figure, path)
+
+
+def plot_risk_coverage(
+    curves: dict[str, list[tuple[float, float]]], kb_point: tuple[float, float] | None, path: Path
+) -> Path:
+    """Risk (hallucination rate among the answers given) vs coverage (share of answers given),
+    a line per uncertainty score, the KB verifier as a point."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    figure = Figure(figsize=(6.4, 4.8))
+    axes = figure.add_subplot()
+    for (name, points), color in zip(curves.items(), _colors(len(curves))):
+        axes.plot([coverage for coverage, _ in points], [risk for _, risk in points], label=name, color=color)
+    if kb_point is not None:
+        axes.plot(*kb_point, marker="*", markersize=14, linestyle="", color="black", label="kb_verify (abstain)")
+    axes.set_xlabel("coverage (share of answers given, the surest first)")
+    axes.set_ylabel("hallucination rate among the answers given")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    axes.set_title("Selective answering: risk vs coverage")
     return _save(figure, path)

@@ -226,3 +226,12 @@ def test_a_hand_made_score_outside_its_range_is_one_clear_error() -> None:
     with pytest.raises(UserError, match="'sample_disagreement' gives a probability outside"):
         judge_detectors([qa("Paris", "Paris", True, {"sample_disagreement": 1.5}),
                          qa("Rome", "Lima", False, {"sample_disagreement": 0.2})])
+
+
+def test_risk_coverage_curves_per_estimator() -> None:
+    from halluc_cli.scoring.detection import risk_coverage_curves
+
+    curves = risk_coverage_curves(RECORDS)
+    assert set(curves) == {"neg_mean_logprob", "mean_entropy"}
+    # neg_mean_logprob gives the 3 right answers first (0.1, 0.2, 0.3), then the wrong 0.9 and 1.5.
+    assert curves["neg_mean_logprob"] == [(0.2, 0.0), (0.4, 0.0), (0.6, 0.0), (0.8, 0.25), (1.0, 0.4)]
