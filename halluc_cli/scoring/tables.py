@@ -38,7 +38,7 @@ def print_sweep(sweep: aggregate.Sweep) -> None:
     varying = sweep.varying()
     fixed = aggregate.describe(sweep.groups[0].choices, [name for name in aggregate.CHOICES if name not in varying])
     trained = len(sweep.runs) - sweep.verified_twins
-    twins = f" (+ {sweep.verified_twins} verified against the KB)" if sweep.verified_twins else ""
+    twins = f" (+ {sweep.verified_twins} again under the score mitigation)" if sweep.verified_twins else ""
     table = Table(title=f"{trained} finetune runs{twins} in {len(sweep.groups)} groups, "
                         "mean \\[95% interval] over seeds" + (f"; all runs: {escape(fixed)}" if fixed else ""))
     for name in varying:

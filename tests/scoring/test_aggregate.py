@@ -206,7 +206,7 @@ def test_kb_verify_adds_a_verified_twin_of_every_run(tmp_path: Path) -> None:
     assert stat(row, "verifier_precision") == pytest.approx((1.0, 1.0, 1.0))
     assert row_of(rows, mitigation="none", eval="final")["verifier_precision_mean"] == ""
     assert "verifier" in result.stdout and "none+kb_verify(abstain)" in result.stdout
-    assert "2 finetune runs (+ 2 verified against the KB) in 2 groups" in result.stdout
+    assert "2 finetune runs (+ 2 again under the score mitigation) in 2 groups" in result.stdout
 
 
 def test_paraphrase_sweep_is_plotted_against_the_paraphrase_count(tmp_path: Path) -> None:
