@@ -334,12 +334,13 @@ def knowledge_records(pool: Sequence[QAExample], knowledge: Sequence[Knowledge])
     ]
 
 
-def model_identity(model_dir: str) -> str:
+def model_identity(model_dir: str, revision: str | None = None) -> str:
     """What tells one model's weights from another's: a local dir's files (name, size, time
-    written), or a hub name."""
+    written), or a hub name and the commit its weights came from (`revision`), so a model
+    updated upstream is probed again."""
     path = Path(model_dir)
     if not path.is_dir():
-        return f"hub:{model_dir}"
+        return f"hub:{model_dir}@{revision}"
     files = sorted(child for child in path.iterdir() if child.is_file())
     return json.dumps([[child.name, child.stat().st_size, child.stat().st_mtime_ns] for child in files])
 

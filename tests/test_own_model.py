@@ -298,3 +298,10 @@ def test_a_prompt_past_the_position_table_is_one_line(transformer_run: Path, tmp
     prompts.write_text(" ".join(["the"] * 2000) + "\n")
     result = run_cli("generate", f"ckpt={transformer_run}", f"prompts={prompts}", f"hydra.run.dir={tmp_path / 'gen'}")
     assert_one_line_error(result, "exceeds the model's", "positions")
+
+
+def test_a_hub_model_is_known_by_its_name_and_commit() -> None:
+    from halluc_cli.probe import model_identity
+
+    assert model_identity("org/model", "abc") != model_identity("org/model", "def")
+    assert model_identity("org/model", "abc") == model_identity("org/model", "abc")

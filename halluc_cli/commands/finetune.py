@@ -120,7 +120,8 @@ def _qa_file_pool(cfg: DictConfig, source: ModelSource) -> list[QAExample]:
 def _probed_sets(cfg: DictConfig, context: SetsContext) -> dict[str, list[QAExample]]:
     """Ask the model about every fact of the pool (SliCK), record the categories in the run
     dir, and draw the sets from them."""
-    pool, model_id = context.pool, f"{model_identity(context.source.model_dir)} {context.precision}"
+    revision = getattr(context.model, "revision", None)  # a hub model's commit (the LSTM has none)
+    pool, model_id = context.pool, f"{model_identity(context.source.model_dir, revision)} {context.precision}"
     answerer = ModelAnswerer(context.model, context.tokenizer, cfg.probe, context.device, cfg.probe.seed)
     knowledge = probe_pool(pool, context.probes, answerer, cfg.probe, cfg.data, model_id)
     atomic_write_jsonl(context.run_dir / rundir.CATEGORIES_FILE, knowledge_records(pool, knowledge))

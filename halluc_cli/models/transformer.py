@@ -152,6 +152,11 @@ class TransformerLanguageModel(LanguageModel):
         return cls(hf_model, trust_remote_code)
 
     @property
+    def revision(self) -> str | None:
+        """The hub commit the weights came from; None for a local dir (its files say which)."""
+        return getattr(self.hf.config, "_commit_hash", None)
+
+    @property
     def max_positions(self) -> int:
         """The longest sequence the position embeddings cover."""
         config = self.hf.config
