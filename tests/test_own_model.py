@@ -305,3 +305,13 @@ def test_a_hub_model_is_known_by_its_name_and_commit() -> None:
 
     assert model_identity("org/model", "abc") != model_identity("org/model", "def")
     assert model_identity("org/model", "abc") == model_identity("org/model", "abc")
+
+
+def test_export_gives_a_plain_hugging_face_model(transformer_run: Path, tmp_path: Path) -> None:
+    from cli_helpers import import_script
+
+    from halluc_cli.commands.common import resolve_model
+
+    import_script("export_hf_model").export(transformer_run / "checkpoint", tmp_path / "model")
+    assert not (tmp_path / "model" / "halluc_model.json").exists()
+    assert resolve_model(str(tmp_path / "model")).foreign  # nothing in it says halluc made it
