@@ -566,6 +566,9 @@ class AbstainUncertainConfig(MitigationConfig):
     calibration: Optional[str] = None
     target: SelectionTarget = SelectionTarget.correct_kept
     level: float = bounded(0.9, 0.0, 1.0, low_open=True)  # the share the target keeps
+    # the KB first: an answer the KB supports is given, one it contradicts withheld, and the
+    # uncertainty rule decides only the answers the KB does not cover
+    kb_first: bool = False
 
 
 class UnknownAction(Choice):

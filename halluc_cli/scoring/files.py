@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.data.kb import load_kb
 from halluc_cli.scoring.detection import judge_detectors, risk_coverage_curves
-from halluc_cli.scoring.selective import abstain_above, selection_summary
+from halluc_cli.scoring.selective import select_answers, selection_summary
 from halluc_cli.scoring.metrics import (
     accepted_answers,
     aggregate_seeds,
@@ -50,12 +50,11 @@ def score_file(
     # How well each uncertainty score tells wrong answers from right ones (generate writes them).
     detection = {"detection": judge_detectors(records, kb)} if any("uncertainty" in r for r in records) else {}
     if cfg.mitigation.name == "abstain_uncertain":
-        estimator = cfg.mitigation.estimator
-        selected = abstain_above(records, estimator, threshold, cfg.abstain_phrase, "predictions")
+        selected = select_answers(records, cfg.mitigation, threshold, cfg.abstain_phrase, verifier, "predictions")
         metrics = {
             "before": score_predictions(records, kb),
             "after": score_predictions(selected, kb),
-            "selection": {"estimator": estimator, **selection_summary(records, selected, threshold)},
+            "selection": {"estimator": cfg.mitigation.estimator, **selection_summary(records, selected, threshold)},
             **detection,
         }
         return metrics, selected

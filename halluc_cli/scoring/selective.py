@@ -7,7 +7,8 @@ the predictions it is applied to.
 weights) and finds the threshold that meets the target there: answer the `level` share of the
 questions the model is surest of (`target=coverage`), or keep the `level` share of its right
 answers (`target=correct_kept`, the issue's "coverage that keeps >= 90% of the correct
-answers"). `abstain_above` turns every answer scored above it into an abstention.
+answers"). `abstain_above` turns every answer scored above it into an abstention;
+`select_answers` can let the KB decide first the answers it covers (`kb_first`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
 from halluc_cli.scoring.metrics import accepted_answers
+from halluc_cli.scoring.verify import UNVERIFIABLE, KBVerifier
 
 
 def estimator_scores(records: Sequence[Mapping[str, Any]], estimator: str, where: str) -> list[float]:
@@ -73,6 +75,20 @@ def abstain_above(
             if unsure else dict(record)
         )
     return selected
+
+
+def select_answers(
+    records: Sequence[Mapping[str, Any]], rule: Any, threshold: float, abstain_phrase: str,
+    verifier: KBVerifier, where: str,
+) -> list[dict[str, Any]]:
+    """The records under `rule` (an AbstainUncertainConfig): the uncertainty rule on every
+    answer, or with `rule.kb_first` on the answers the KB does not cover, the KB deciding the
+    others (it withholds what it contradicts)."""
+    if not rule.kb_first:
+        return abstain_above(records, rule.estimator, threshold, abstain_phrase, where)
+    checked = verifier.apply_policy(records, "abstain")
+    unsure = abstain_above(checked, rule.estimator, threshold, abstain_phrase, where)
+    return [by_rule if kb["verified"] == UNVERIFIABLE else kb for kb, by_rule in zip(checked, unsure)]
 
 
 def selection_summary(

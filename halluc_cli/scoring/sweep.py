@@ -21,7 +21,7 @@ from halluc_cli.rundir import PREDICTIONS_FILE, SWEEP_RUNS_FILE, SWEEP_SUMMARY_F
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.files import kb_verifier
 from halluc_cli.scoring.metrics import score_predictions
-from halluc_cli.scoring.selective import abstain_above, choose_threshold, selection_summary
+from halluc_cli.scoring.selective import choose_threshold, select_answers, selection_summary
 from halluc_cli.scoring.tables import print_sweep
 from halluc_cli.scoring.verify import verification_summary
 
@@ -35,7 +35,7 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
         sweep = aggregate.with_verified_runs(sweep, verify, f"kb_verify({cfg.mitigation.policy})")
     elif cfg.mitigation.name == "abstain_uncertain":
         rule = cfg.mitigation
-        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g})"
+        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{',kb_first' if rule.kb_first else ''})"
         sweep = aggregate.with_verified_runs(sweep, _eval_point_selector(cfg), label)
     for path, why in sweep.skipped:
         print_warning(f"skipped {path}: {why}")
@@ -63,7 +63,7 @@ def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> None:
 def _eval_point_selector(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
     """Scores of a finetune run's eval/<point>/ test answers after selective answering, its
     threshold chosen on that point's validation answers."""
-    rule, kb = cfg.mitigation, kb_verifier(cfg).kb
+    rule, verifier = cfg.mitigation, kb_verifier(cfg)
 
     def select(point_dir: Path) -> dict[str, Any]:
         calibration = point_dir / VALID_PREDICTIONS_FILE
@@ -74,8 +74,8 @@ def _eval_point_selector(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
         held_out = read_predictions(calibration, "qa")
         threshold = choose_threshold(held_out, rule.estimator, str(rule.target), rule.level, str(calibration))
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
-        selected = abstain_above(records, rule.estimator, threshold, cfg.abstain_phrase, where)
-        return {**score_predictions(selected, kb),
+        selected = select_answers(records, rule, threshold, cfg.abstain_phrase, verifier, where)
+        return {**score_predictions(selected, verifier.kb),
                 "selection": selection_summary(records, selected, threshold)}
 
     return select
