@@ -26,9 +26,8 @@ from typing import Any
 
 from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.data.kb import KnowledgeBase
-from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
-from halluc_cli.scoring.metrics import accepted_answers, kb_aliases
+from halluc_cli.scoring.metrics import is_right, kb_aliases
 
 # Estimators whose score turns into a probability that the answer is right, for the ECE. The
 # others (entropies) have no probability scale to be calibrated against and get no ECE.
@@ -232,9 +231,8 @@ def risk_coverage_curves(
 
 def _answer(record: Mapping[str, Any], aliases: Mapping[str, set[str]] | None) -> _Answer:
     # the same judgement as score_predictions, so `wrong` counts its hallucinations
-    correct = normalize_text(record["prediction"]) in accepted_answers(record, aliases)
     return _Answer(
-        wrong=not correct,
+        wrong=not is_right(record, aliases),
         known=bool(record["known"]),
         category=record.get("category") or None,
         uncertainty=record["uncertainty"],

@@ -16,14 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from halluc_cli.data.kb import load_kb
 from halluc_cli.scoring.detection import judge_detectors, risk_coverage_curves
 from halluc_cli.scoring.selective import select_answers, selection_summary
-from halluc_cli.scoring.metrics import (
-    accepted_answers,
-    aggregate_seeds,
-    classification_metrics,
-    is_correct,
-    kb_aliases,
-    score_predictions,
-)
+from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, is_right, kb_aliases, score_predictions
 from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
 
@@ -80,7 +73,8 @@ def draw_risk_coverage(records: list[dict[str, Any]], verifier: KBVerifier, path
     verified = verifier.apply_policy(located, "abstain")
     answered = sum(not record["abstained"] for record in located)
     kept = [record for record in verified if not record["abstained"]]
-    wrong = sum(not is_correct(record["prediction"], accepted_answers(record, kb_aliases(verifier.kb))) for record in kept)
+    aliases = kb_aliases(verifier.kb)
+    wrong = sum(not is_right(record, aliases) for record in kept)
     kb_point = (len(kept) / answered, wrong / len(kept)) if answered and kept else None
     return plot_risk_coverage(curves, kb_point, path)
 

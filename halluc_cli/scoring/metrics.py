@@ -62,6 +62,12 @@ def accepted_answers(record: Mapping[str, Any], aliases: Mapping[str, set[str]] 
     return accepted
 
 
+def is_right(record: Mapping[str, Any], aliases: Mapping[str, set[str]] | None = None) -> bool:
+    """Whether a QA record's prediction is one of its accepted answers (`accepted_answers`):
+    the one judgement every score of right and wrong answers uses."""
+    return normalize_text(record["prediction"]) in accepted_answers(record, aliases)
+
+
 @dataclass
 class _Tally:
     """Counts of one group of QA predictions."""
@@ -106,7 +112,7 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
     by_category: dict[str, _Tally] = defaultdict(_Tally)
     for record in records:
         abstained = bool(record["abstained"])
-        correct = not abstained and normalize_text(record["prediction"]) in accepted_answers(record, aliases)
+        correct = not abstained and is_right(record, aliases)
         for tally in (
             overall,
             by_known["known" if record["known"] else "unknown"],

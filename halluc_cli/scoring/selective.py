@@ -17,9 +17,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from halluc_cli.data.normalize import normalize_text
 from halluc_cli.errors import UserError
-from halluc_cli.scoring.metrics import accepted_answers
+from halluc_cli.scoring.metrics import is_right
 from halluc_cli.scoring.verify import UNVERIFIABLE, KBVerifier
 
 
@@ -48,10 +47,7 @@ def choose_threshold(
     answered = [record for record in records if not record["abstained"]]
     scores = estimator_scores(answered, estimator, where)
     if target == "correct_kept":
-        right = [
-            score for score, record in zip(scores, answered)
-            if normalize_text(record["prediction"]) in accepted_answers(record)
-        ]
+        right = [score for score, record in zip(scores, answered) if is_right(record)]
         if not right:
             return -math.inf
         scores = right
@@ -97,7 +93,7 @@ def selection_summary(
     """The threshold (None: every answer withheld), how many answers the rule withheld, how
     many of those were wrong, and the share of the answers it kept."""
     withheld = [old for old, new in zip(before, after) if new.get("abstained_uncertain")]
-    wrong = sum(normalize_text(r["prediction"]) not in accepted_answers(r) for r in withheld)
+    wrong = sum(not is_right(record) for record in withheld)
     answered = sum(not r["abstained"] for r in before)
     return {
         "threshold": threshold if math.isfinite(threshold) else None,  # JSON has no -inf
