@@ -487,6 +487,36 @@ class SampleDecodingConfig(DecodingConfig):
 
 
 @dataclass
+class DetectorConfig:
+    """A trained hallucination detector (`conf/detector/`) whose score joins each prediction's
+    uncertainty scores; `none` trains none (the scores of the decoding pass are always there)."""
+
+    name: str = "none"
+
+
+class ProbeLabel(Choice):
+    """What a hidden-state probe learns to predict."""
+
+    wrong = "wrong"  # the answer will be wrong (learnt from answered held-out questions)
+    unknown = "unknown"  # the fact is one the model did not read (data.known_from's split)
+
+
+@dataclass
+class HiddenProbeConfig(DetectorConfig):
+    """detector=hidden_probe (`halluc_cli/hidden_probe.py`): a logistic probe on the hidden
+    state a layer leaves at the end of the question, read by the pass that answers it.
+    finetune trains one per eval point on the validation answers (eval/<point>/hidden_probe.json)
+    and scores the test answers with it; generate scores with a saved one."""
+
+    name: str = "hidden_probe"
+    layer: int = -2  # the block whose output it reads; negative counts from the top (-1: the last)
+    label: ProbeLabel = ProbeLabel.wrong
+    folds: int = bounded(5, 2)  # cross-validation folds: choose the L2 strength, score the validation set out of fold
+    # generate: the probe file (None: the ckpt run's eval/<point>/hidden_probe.json for its weights)
+    path: Optional[str] = None
+
+
+@dataclass
 class GenerateConfig:
     """`halluc generate`: answer questions, or continue prompts, with a trained run."""
 
@@ -497,6 +527,7 @@ class GenerateConfig:
     questions: Optional[list[str]] = None
     prompts: Optional[str] = None  # a text file, one prompt a line: free text instead of questions
     decoding: Any = MISSING  # conf/decoding/: greedy | sample, a schema each
+    detector: Any = MISSING  # conf/detector/: none | hidden_probe (a saved probe scores each answer)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     prompt_template: Optional[str] = None  # None: the fine-tuning run's data.prompt_template
     abstain_phrase: Optional[str] = None  # None: the fine-tuning run's data.abstain_phrase
@@ -515,6 +546,7 @@ class FinetuneConfig:
     # final weights and score them, so each run dir carries its scores (sweeps need no script).
     eval_after: bool = True
     decoding: Any = MISSING  # conf/decoding/: greedy | sample, a schema each
+    detector: Any = MISSING  # conf/detector/: none | hidden_probe (trained on the validation answers)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
@@ -650,6 +682,8 @@ def register_configs() -> None:
     store.store(name="schema_freeze", node=FreezeConfig)
     store.store(name="schema_decoding_greedy", node=DecodingConfig)
     store.store(name="schema_decoding_sample", node=SampleDecodingConfig)
+    store.store(name="schema_detector_none", node=DetectorConfig)
+    store.store(name="schema_detector_hidden_probe", node=HiddenProbeConfig)
     store.store(name="schema_freeze_layers", node=LayersFreezeConfig)
     store.store(name="schema_freeze_gradual", node=GradualFreezeConfig)
     store.store(name="schema_freeze_lora", node=LoraFreezeConfig)

@@ -7,11 +7,14 @@ Transformer's key-value cache or the LSTM's hidden state, so no step recomputes 
 Several continuations of a prompt (samples; SliCK's greedy answer beside them) share one
 pass over the prompt: its state is copied to each of its rows before the first step.
 `continuations` also says how sure the model was of each: the log-probability and the
-entropy of the distributions its tokens came from, read off the decoding pass itself.
+entropy of the distributions its tokens came from, read off the decoding pass itself, and,
+given a `hidden_layer`, the hidden state that layer left at the end of its prompt (for a
+hidden-state probe: `halluc_cli/hidden_probe.py`), read off the prompt's pass by a hook.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +34,7 @@ class Continuation:
     logprob: float  # log P of its tokens and of the stop token that ended it, if one did
     tokens: int  # the tokens `logprob` covers
     entropy: float  # mean entropy (nats) of the next-token distributions of those tokens
+    hidden: torch.Tensor | None = None  # (H,) the prompt's last hidden state at the decoder's hidden_layer
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Decoder:
     cfg: DecodingConfig
     device: torch.device = torch.device("cpu")
     seed: int = 0  # of the sampling generator
+    hidden_layer: int | None = None  # keep each prompt's last hidden state of this layer (Continuation.hidden)
 
     def __post_init__(self) -> None:
         self.samples = self.cfg.num_samples if self.cfg.name == "sample" else 1  # continuations a prompt
@@ -115,7 +120,10 @@ class Decoder:
         # out spares the Transformer building an attention mask (and position ids) every step.
         padded = not bool(mask.all())
         # The prompts' pass needs the logits at their last position only (the head is most of its cost).
-        logits, state = self.model(input_ids, None, mask if padded else None, use_cache=True, logits_to_keep=1)
+        capture = self.model.capture_last_hidden(self.hidden_layer) if self.hidden_layer is not None else nullcontext([])
+        with capture as captured:
+            logits, state = self.model(input_ids, None, mask if padded else None, use_cache=True, logits_to_keep=1)
+        hidden = captured[0] if captured else [None] * len(prompts)  # (prompts, H)
         if per_prompt > 1:
             state = self.model.repeat_state(state, per_prompt)
             logits = logits.repeat_interleave(per_prompt, dim=0)
@@ -157,9 +165,12 @@ class Decoder:
         if not scored:
             logprob, entropy = torch.full_like(logprob, float("nan")), torch.full_like(entropy, float("nan"))
         return [
-            Continuation(self.tokenizer.decode(row[:length], skip_special_tokens=True).strip(), lp, count, ent)
-            for row, length, lp, count, ent in zip(
-                tokens.tolist(), lengths.tolist(), logprob.tolist(), covered.tolist(), entropy.tolist()
+            Continuation(
+                self.tokenizer.decode(row[:length], skip_special_tokens=True).strip(), lp, count, ent,
+                hidden[index // per_prompt],
+            )
+            for index, (row, length, lp, count, ent) in enumerate(
+                zip(tokens.tolist(), lengths.tolist(), logprob.tolist(), covered.tolist(), entropy.tolist())
             )
         ]
 

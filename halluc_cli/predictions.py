@@ -17,6 +17,7 @@ from halluc_cli.data.normalize import normalize_text
 from halluc_cli.data.qa import QAExample
 from halluc_cli.decoding import Continuation, Decoder
 from halluc_cli.errors import UserError
+from halluc_cli.hidden_probe import HiddenStateProbe, add_scores, hidden_features
 from halluc_cli.io import read_jsonl
 from halluc_cli.uncertainty import Meaning, answer_meaning, uncertainty_scores
 
@@ -42,13 +43,28 @@ def answer_questions(
     prompt_template: str,
     abstain_phrase: str,
     meaning: Meaning | None = None,
+    probe: HiddenStateProbe | None = None,
 ) -> list[dict[str, Any]]:
     """Prediction records for QA examples, decoded in batches, each with its uncertainty
-    scores. With several samples a prompt (decoding=sample), the prediction is the greedy
-    answer and the samples measure how sure the model was of it; `meaning` groups them."""
-    sampled = decoder.samples > 1
+    scores, and a hidden-state `probe`'s (the decoder must keep the probe's layer)."""
+    answers = decode_answers(decoder, examples, prompt_template)
+    records = prediction_records(examples, answers, abstain_phrase, meaning)
+    if probe is not None:
+        add_scores(records, probe.estimator, probe.score(hidden_features(answers)))
+    return records
+
+
+def decode_answers(decoder: Decoder, examples: list[QAExample], prompt_template: str) -> list[list[Continuation]]:
+    """Each example's answer, in batches: one continuation, or with several samples a prompt
+    (decoding=sample) the greedy answer and then the samples that measure how sure it was."""
     prompts = [prompt_template.format(question=e.question) for e in examples]
-    answers = decoder.continuations(prompts, greedy_first=sampled)
+    return decoder.continuations(prompts, greedy_first=decoder.samples > 1)
+
+
+def prediction_records(
+    examples: list[QAExample], answers: list[list[Continuation]], abstain_phrase: str, meaning: Meaning | None = None
+) -> list[dict[str, Any]]:
+    """The prediction records of `decode_answers`' answers; `meaning` groups the samples."""
     meaning = meaning or answer_meaning()
     return [_prediction(e, outputs, abstain_phrase, meaning) for e, outputs in zip(examples, answers)]
 

@@ -11,6 +11,8 @@ With samples (decoding=sample, num_samples > 1), which cost their own batched ro
   2024). For short factual answers, "same meaning" is the same answer after the toolkit's
   normalization (case, accents, articles, punctuation) and, given a KB, its aliases
   ("Brasilia" = "Brasília"), so no NLI model is needed.
+A trained detector adds its own (`detector=hidden_probe`: `hidden_probe`, the probability that
+the answer is wrong, or `hidden_probe_unknown`, that the fact is unknown; halluc_cli/hidden_probe.py).
 `halluc score` judges how well each separates wrong answers from right ones.
 """
 
@@ -27,8 +29,11 @@ from halluc_cli.data.normalize import normalize_text
 if TYPE_CHECKING:  # scoring reads ESTIMATORS without importing the decoder (and torch)
     from halluc_cli.decoding import Continuation
 
-# The scores, in the order tables show them; the sampled ones only with samples.
-ESTIMATORS = ("neg_logprob", "neg_mean_logprob", "mean_entropy", "sample_disagreement", "semantic_entropy")
+# The scores, in the order tables show them; the sampled ones only with samples, the probes' with a probe.
+ESTIMATORS = (
+    "neg_logprob", "neg_mean_logprob", "mean_entropy", "sample_disagreement", "semantic_entropy",
+    "hidden_probe", "hidden_probe_unknown",
+)
 
 # An answer -> the name of its meaning: equal names, one meaning.
 Meaning = Callable[[str], str]

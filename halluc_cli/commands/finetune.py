@@ -32,12 +32,14 @@ from halluc_cli.data.qa import QAExample, format_prompt, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer, prompt_ids
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
+from halluc_cli.hidden_probe import PROBE_FILE, train_and_score
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
 from halluc_cli.scoring.detection import judge_detectors
-from halluc_cli.scoring.metrics import classification_metrics, score_predictions
+from halluc_cli.scoring.metrics import classification_metrics, kb_aliases, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
-from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, open_model
-from halluc_cli.predictions import answer_questions
+from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, model_depth, open_model
+from halluc_cli.models.base import check_layer
+from halluc_cli.predictions import decode_answers, prediction_records
 from halluc_cli.uncertainty import answer_meaning
 from halluc_cli.probe import (
     CATEGORIES,
@@ -205,6 +207,7 @@ def run(cfg: DictConfig) -> None:
     probes = _probe_prompts(cfg, pool) if pool is not None else None
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
+    _check_detector(cfg.detector, source.model_dir)
     tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     accelerator = build_accelerator(cfg.device)
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
@@ -292,31 +295,53 @@ def evaluate_tests(
     nearly harmless at the first and hurt at the second. Writes eval/<point>/ (early_stop:
     the best weights, final: the last) with predictions.jsonl and scores.json, and
     valid_predictions.jsonl (the validation set's answers, for `halluc score
-    mitigation=abstain_uncertain` to calibrate on); returns the headline rates for the summary.
+    mitigation=abstain_uncertain` to calibrate on); with detector=hidden_probe, the probe fitted
+    to the validation answers (hidden_probe.json), which scores the test answers. Returns the
+    headline rates for the summary.
     """
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
+    asked = examples + qa_sets["valid"]  # the validation set too: held-out answers to calibrate on
     score = kind.scorer(cfg)
-    meaning = answer_meaning(load_kb(cfg.data.kb.path) if "kb" in cfg.data else None)  # groups the samples
+    kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None
+    meaning = answer_meaning(kb)  # groups the samples
+    probe_layer = cfg.detector.layer if cfg.detector.name == "hidden_probe" else None
     headline: dict[str, float] = {}
     for point, weights in rundir.EVAL_WEIGHTS.items():
         model_dir = complete_dir(run_dir / weights)
         if model_dir is None:
             continue
         model = load_model(model_dir, dtype=dtype).to(device)
-        decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
-        # The validation set too, apart: held-out answers to calibrate selective answering on.
-        records = answer_questions(decoder, examples + qa_sets["valid"], template, abstain_phrase, meaning)
-        records, valid_records = records[: len(examples)], records[len(examples) :]
+        decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed, hidden_layer=probe_layer)
+        answers = decode_answers(decoder, asked, template)
         del decoder, model  # before the next point's weights load
         release_memory(device)
-        scores, rates = score(records)
+        records = prediction_records(asked, answers, abstain_phrase, meaning)
+        records, valid_records = records[: len(examples)], records[len(examples) :]
         out_dir = run_dir / rundir.EVAL_DIR / point
+        if probe_layer is not None:
+            valid, test = (valid_records, answers[len(examples) :]), (records, answers[: len(examples)])
+            aliases = kb_aliases(kb) if kb is not None else None
+            failed = train_and_score(cfg.detector, valid, test, out_dir / PROBE_FILE, aliases, cfg.seed)
+            if failed:
+                print_warning(failed)
+        scores, rates = score(records)
         atomic_write_jsonl(out_dir / rundir.VALID_PREDICTIONS_FILE, valid_records)
         atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / rundir.SCORES_FILE, scores)
         headline.update({f"{point}_{name}": value for name, value in rates.items()})
     return headline
+
+
+def _check_detector(detector: DictConfig, model_dir: str) -> None:
+    """A hidden-state probe's layer must exist; the probe file is generate's to read."""
+    if detector.name != "hidden_probe":
+        return
+    if detector.path is not None:
+        raise UserError("detector.path names a probe for halluc generate to use; finetune trains its own (leave it out)")
+    depth = model_depth(model_dir)
+    if depth is not None:
+        check_layer(detector.layer, depth)
 
 
 def _check_freeze_processes(freeze: str, num_processes: int) -> None:

@@ -10,18 +10,20 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from halluc_cli.commands.common import resolve_model, start_run
+from halluc_cli.commands.common import ModelSource, resolve_model, start_run
 from halluc_cli.console import print_table, print_warning
 from halluc_cli.data.qa import QAExample, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
+from halluc_cli.hidden_probe import PROBE_FILE, HiddenStateProbe
 from halluc_cli.io import atomic_write_jsonl
-from halluc_cli.models import check_causal_lm, open_model
+from halluc_cli.models import check_causal_lm, model_depth, open_model
+from halluc_cli.models.base import check_layer
 from halluc_cli.data.kb import load_kb
 from halluc_cli.predictions import answer_questions
 from halluc_cli.uncertainty import Meaning, answer_meaning
-from halluc_cli.rundir import CONFIG_FILE, PREDICTIONS_FILE, QA_DIR
+from halluc_cli.rundir import CONFIG_FILE, EVAL_DIR, EVAL_WEIGHTS, PREDICTIONS_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator, load_dtype
 
 
@@ -38,6 +40,7 @@ def run(cfg: DictConfig) -> None:
     prompts = _read_prompts(Path(cfg.prompts)) if cfg.prompts else None
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
+    probe = _probe(cfg, source) if cfg.detector.name == "hidden_probe" else None
     tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     meaning = _answer_meaning(cfg, data) if examples is not None else None
     run_dir = start_run(cfg)
@@ -46,7 +49,7 @@ def run(cfg: DictConfig) -> None:
     device = accelerator.device
     dtype = load_dtype(accelerator, training=False)
     model = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=dtype).to(device)
-    decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed)
+    decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed, hidden_layer=probe.layer if probe else None)
 
     if prompts is not None:
         records = [
@@ -54,9 +57,31 @@ def run(cfg: DictConfig) -> None:
             for i, (prompt, outputs) in enumerate(zip(prompts, decoder.generate(prompts)))
         ]
     else:
-        records = answer_questions(decoder, examples, prompt_template, abstain_phrase, meaning)
+        records = answer_questions(decoder, examples, prompt_template, abstain_phrase, meaning, probe)
     atomic_write_jsonl(run_dir / PREDICTIONS_FILE, records)
     print_table(f"generate: {run_dir / PREDICTIONS_FILE}", _overview(records))
+
+
+def _probe(cfg: DictConfig, source: ModelSource) -> HiddenStateProbe:
+    """The hidden-state probe that scores the answers: detector.path, else the one the ckpt
+    run's finetune fitted to the weights generate loads (eval/<point>/hidden_probe.json)."""
+    if cfg.prompts:
+        raise UserError("detector=hidden_probe scores answers to questions; prompts= has none (use questions=)")
+    if cfg.detector.path is not None:
+        path = Path(cfg.detector.path)
+    else:
+        point = next((p for p, weights in EVAL_WEIGHTS.items() if weights == Path(source.model_dir).name), None)
+        if source.run_dir is None or point is None:
+            raise UserError(
+                f"ckpt={cfg.ckpt} is no finetune run's weights, so it has no probe of its own; "
+                f"give detector.path=<a {PROBE_FILE}>"
+            )
+        path = source.run_dir / EVAL_DIR / point / PROBE_FILE
+    probe = HiddenStateProbe.load(path)
+    depth = model_depth(source.model_dir)
+    if depth is not None:
+        check_layer(probe.layer, depth)
+    return probe
 
 
 def _answer_meaning(cfg: DictConfig, data: DictConfig) -> Meaning:

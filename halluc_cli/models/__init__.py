@@ -17,6 +17,7 @@ from halluc_cli.models.base import (
     LanguageModel,
     count_parameters,
     read_family,
+    read_json,
 )
 from halluc_cli.models.lstm import LSTMLanguageModel
 from halluc_cli.models.transformer import TransformerLanguageModel, check_causal_lm
@@ -27,7 +28,8 @@ FAMILIES: dict[str, type[LanguageModel]] = {
 }
 
 __all__ = [
-    "LanguageModel", "build_model", "load_model", "open_model", "check_causal_lm", "count_parameters", "FAMILIES"
+    "LanguageModel", "build_model", "load_model", "open_model", "check_causal_lm", "count_parameters", "model_depth",
+    "FAMILIES",
 ]
 
 
@@ -73,3 +75,20 @@ def open_model(
     if (directory / FAMILY_FILE).is_file():
         return load_model(directory, dtype=dtype)
     return TransformerLanguageModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code, dtype=dtype)
+
+
+# The config.json keys that give a model's number of layers: most Hugging Face models say
+# num_hidden_layers, GPT-2 n_layer, halluc's LSTM num_layers.
+DEPTH_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def model_depth(model_dir: str) -> int | None:
+    """The number of layers a model dir's config.json gives, read without the weights, so a
+    setting that names a layer is checked before anything is written; None for a hub name or
+    a config that does not say (the layer is then checked once the model is loaded)."""
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        return None
+    config = read_json(path)
+    depths = [config[key] for key in DEPTH_KEYS if isinstance(config.get(key), int)]
+    return depths[0] if depths else None

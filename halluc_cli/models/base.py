@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -78,6 +80,30 @@ class LanguageModel(nn.Module, ABC):
         """The layer that maps hidden states to vocabulary logits."""
 
     @abstractmethod
+    def last_position(self, block_output: Any) -> torch.Tensor:
+        """The hidden state (B, H) that a block's output (what its forward returned) holds at
+        each row's last token, for `capture_last_hidden`."""
+
+    @contextmanager
+    def capture_last_hidden(self, layer: int) -> Iterator[list[torch.Tensor]]:
+        """While open, every forward pass appends to the yielded list the hidden state (B, H,
+        float32, on the CPU) that block `layer` (negative: from the top) leaves at each row's
+        last token: with left-padded prompts, the end of each prompt. A forward hook, so the
+        pass that decodes also yields it, at no extra cost."""
+        blocks = self.blocks()
+        check_layer(layer, len(blocks))
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, inputs: Any, output: Any) -> None:
+            captured.append(self.last_position(output).detach().float().cpu())
+
+        handle = blocks[layer].register_forward_hook(keep)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    @abstractmethod
     def save(self, directory: Path) -> None:
         """Write weights (safetensors) and config to `directory`."""
 
@@ -89,6 +115,12 @@ class LanguageModel(nn.Module, ABC):
     def write_family(self, directory: Path, **extra: Any) -> None:
         """Record which family saved `directory`, so loading needs no config."""
         atomic_write_json(directory / FAMILY_FILE, {"family": self.family, **extra})
+
+
+def check_layer(layer: int, depth: int) -> None:
+    """Fail unless `layer` names one of `depth` blocks (negative counts from the top)."""
+    if not -depth <= layer < depth:
+        raise UserError(f"detector.layer={layer}, but the model has {depth} layers; choose one in [{-depth}, {depth - 1}]")
 
 
 def read_family(directory: Path) -> dict[str, Any]:

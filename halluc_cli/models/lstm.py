@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -151,6 +152,12 @@ class LSTMLanguageModel(LanguageModel):
 
     def output_head(self) -> nn.Module:
         return self.decoder
+
+    def last_position(self, block_output: Any) -> torch.Tensor:
+        # nn.LSTM returns (output, (h, c)); h (1, B, H) is each row's state after its last real
+        # token, also when the rows were packed to skip left padding.
+        _, (hidden, _) = block_output
+        return hidden[-1]
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

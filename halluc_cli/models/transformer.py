@@ -8,6 +8,7 @@ halluc writes loads in any `transformers` tool with `AutoModelForCausalLM.from_p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -209,6 +210,12 @@ class TransformerLanguageModel(LanguageModel):
 
     def output_head(self) -> nn.Module:
         return self.hf.get_output_embeddings()
+
+    def last_position(self, block_output: Any) -> torch.Tensor:
+        # A decoder layer returns its hidden states (B, T, H), in some models' code as the first
+        # of a tuple; left padding puts every row's last token in the last column.
+        hidden = block_output[0] if isinstance(block_output, tuple) else block_output
+        return hidden[:, -1]
 
     def save(self, directory: Path) -> None:
         if hasattr(self.hf, "merge_and_unload"):  # wrapped by peft for freeze=lora

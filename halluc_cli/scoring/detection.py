@@ -35,6 +35,7 @@ CONFIDENCE: dict[str, Callable[[float], float]] = {
     "neg_logprob": lambda score: math.exp(-score),  # the probability of the whole answer
     "neg_mean_logprob": lambda score: math.exp(-score),  # the geometric mean token probability
     "sample_disagreement": lambda score: 1 - score,  # the share of samples agreeing with it
+    "hidden_probe": lambda score: 1 - score,  # the probe's P(right)
 }
 
 
