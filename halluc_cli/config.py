@@ -601,6 +601,9 @@ class AbstainUncertainConfig(MitigationConfig):
     # the KB first: an answer the KB supports is given, one it contradicts withheld, and the
     # uncertainty rule decides only the answers the KB does not cover
     kb_first: bool = False
+    # runs=: rows side by side, each run under the rule alone, under KB verification alone
+    # (kb_verify, withholding what the KB contradicts) and under the two combined (kb_first)
+    beside_kb: bool = False
 
 
 class UnknownAction(Choice):

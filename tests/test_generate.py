@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import warnings
 from pathlib import Path
@@ -154,3 +155,20 @@ def test_selective_answering_over_a_sweep(finetuned: Path, tmp_path: Path) -> No
     without = run_cli("score", f"predictions={finetuned / 'eval' / 'final' / 'predictions.jsonl'}",
                       "mitigation=abstain_uncertain", f"hydra.run.dir={tmp_path / 'sc2'}")
     assert without.exit_code == 2 and "needs mitigation.calibration" in without.stderr
+
+
+def test_selective_answering_beside_kb_verification_in_one_table(finetuned: Path, tmp_path: Path) -> None:
+    result = run_cli("score", f"runs={finetuned}", "mitigation=abstain_uncertain", "mitigation.beside_kb=true",
+                     f"hydra.run.dir={tmp_path / 'sc'}")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader((tmp_path / "sc" / "summary.csv").open()))
+    mitigations = {row["mitigation"] for row in rows}
+    assert mitigations == {
+        "none", "none+kb_verify(abstain)", "none+abstain_uncertain(neg_mean_logprob,correct_kept=0.9)",
+        "none+abstain_uncertain(neg_mean_logprob,correct_kept=0.9,kb_first)",
+    }
+    final = {row["mitigation"]: row for row in rows if row["eval"] == "final"}
+    # The KB here covers every question: verifying leaves no hallucination, and so does the
+    # combined rule, where the KB decides everything it covers.
+    assert float(final["none+kb_verify(abstain)"]["hallucination_rate_mean"]) == 0.0
+    assert float(final["none+abstain_uncertain(neg_mean_logprob,correct_kept=0.9,kb_first)"]["hallucination_rate_mean"]) == 0.0

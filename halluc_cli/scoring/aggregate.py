@@ -141,22 +141,22 @@ def gather(spec: Any) -> Sweep:
     return Sweep(runs, groups, skipped, notes)
 
 
-def with_verified_runs(
-    sweep: Sweep, verify: Callable[[Path], dict[str, Any]], label: str
-) -> Sweep:
-    """The sweep plus each run again with its test predictions verified: same seed and
-    choices but mitigation "<its own>+<label>", each eval point scored by `verify(eval/<point>)`.
+def with_verified_runs(sweep: Sweep, mitigations: Mapping[str, Callable[[Path], dict[str, Any]]]) -> Sweep:
+    """The sweep plus each run again under each score mitigation (label -> how it scores an
+    eval point's answers): same seed and choices but mitigation "<its own>+<label>", each eval
+    point scored by `verify(eval/<point>)`.
 
-    Verification needs no training, so every fine-tuning variant gets a verified twin, and
-    a plot shows it as one more line per mitigation.
+    Verification needs no training, so every fine-tuning variant gets a twin per mitigation,
+    and a plot shows each as one more line per fine-tuning mitigation.
     """
     verified = []
-    for run in sweep.runs:
-        scores = {point: verify(run.path / EVAL_DIR / point) for point in EVAL_POINTS if point in run.scores}
-        if scores:
-            mitigation = f"{run.choices['mitigation']}+{label}"
-            # the training curve is its twin's: drawn once
-            verified.append(replace(run, choices={**run.choices, "mitigation": mitigation}, scores=scores, curve=[]))
+    for label, verify in mitigations.items():
+        for run in sweep.runs:
+            scores = {point: verify(run.path / EVAL_DIR / point) for point in EVAL_POINTS if point in run.scores}
+            if scores:
+                mitigation = f"{run.choices['mitigation']}+{label}"
+                # the training curve is its twin's: drawn once
+                verified.append(replace(run, choices={**run.choices, "mitigation": mitigation}, scores=scores, curve=[]))
     runs = sweep.runs + verified
     return Sweep(runs, group_runs(runs), sweep.skipped, sweep.notes, len(verified))
 

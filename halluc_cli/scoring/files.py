@@ -43,7 +43,7 @@ def score_file(
     # How well each uncertainty score tells wrong answers from right ones (generate writes them).
     detection = {"detection": judge_detectors(records, kb)} if any("uncertainty" in r for r in records) else {}
     if cfg.mitigation.name == "abstain_uncertain":
-        selected = select_answers(records, cfg.mitigation, threshold, cfg.abstain_phrase, verifier, "predictions")
+        selected = select_answers(records, cfg.mitigation.estimator, cfg.mitigation.kb_first, threshold, cfg.abstain_phrase, verifier, "predictions")
         metrics = {
             "before": score_predictions(records, kb),
             "after": score_predictions(selected, kb),

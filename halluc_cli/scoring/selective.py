@@ -74,16 +74,16 @@ def abstain_above(
 
 
 def select_answers(
-    records: Sequence[Mapping[str, Any]], rule: Any, threshold: float, abstain_phrase: str,
+    records: Sequence[Mapping[str, Any]], estimator: str, kb_first: bool, threshold: float, abstain_phrase: str,
     verifier: KBVerifier, where: str,
 ) -> list[dict[str, Any]]:
-    """The records under `rule` (an AbstainUncertainConfig): the uncertainty rule on every
-    answer, or with `rule.kb_first` on the answers the KB does not cover, the KB deciding the
-    others (it withholds what it contradicts)."""
-    if not rule.kb_first:
-        return abstain_above(records, rule.estimator, threshold, abstain_phrase, where)
+    """The records under the uncertainty rule (`estimator` above `threshold`: withheld) on every
+    answer, or with `kb_first` on the answers the KB does not cover, the KB deciding the others
+    (it withholds what it contradicts)."""
+    if not kb_first:
+        return abstain_above(records, estimator, threshold, abstain_phrase, where)
     checked = verifier.apply_policy(records, "abstain")
-    unsure = abstain_above(checked, rule.estimator, threshold, abstain_phrase, where)
+    unsure = abstain_above(checked, estimator, threshold, abstain_phrase, where)
     return [by_rule if kb["verified"] == UNVERIFIABLE else kb for kb, by_rule in zip(checked, unsure)]
 
 

@@ -31,12 +31,10 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
     what was skipped, and why, printed as warnings."""
     sweep = aggregate.gather(cfg.runs)
     if cfg.mitigation.name == "kb_verify":
-        verify = _eval_point_verifier(cfg)
-        sweep = aggregate.with_verified_runs(sweep, verify, f"kb_verify({cfg.mitigation.policy})")
+        policy = str(cfg.mitigation.policy)
+        sweep = aggregate.with_verified_runs(sweep, {_verify_label(policy): _eval_point_verifier(cfg, policy)})
     elif cfg.mitigation.name == "abstain_uncertain":
-        rule = cfg.mitigation
-        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{',kb_first' if rule.kb_first else ''})"
-        sweep = aggregate.with_verified_runs(sweep, _eval_point_selector(cfg), label)
+        sweep = aggregate.with_verified_runs(sweep, _selective_mitigations(cfg))
     for path, why in sweep.skipped:
         print_warning(f"skipped {path}: {why}")
     for note in sweep.notes:
@@ -60,9 +58,29 @@ def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> None:
         print_note(f"no plot {note}")
 
 
-def _eval_point_selector(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
-    """Scores of a finetune run's eval/<point>/ test answers after selective answering, its
-    threshold chosen on that point's validation answers."""
+def _verify_label(policy: Any) -> str:
+    return f"kb_verify({policy})"
+
+
+def _selective_mitigations(cfg: DictConfig) -> dict[str, Callable[[Path], dict[str, Any]]]:
+    """Selective answering as configured; with `beside_kb`, also the rule alone, KB
+    verification alone (withholding what the KB contradicts) and the two combined (kb_first),
+    each a row of the one table."""
+    rule = cfg.mitigation
+    variants = [rule.kb_first] if not rule.beside_kb else [False, True]
+    mitigations = {}
+    for kb_first in variants:
+        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{',kb_first' if kb_first else ''})"
+        mitigations[label] = _eval_point_selector(cfg, kb_first)
+    if rule.beside_kb:
+        mitigations = {_verify_label("abstain"): _eval_point_verifier(cfg, "abstain"), **mitigations}
+    return mitigations
+
+
+def _eval_point_selector(cfg: DictConfig, kb_first: bool) -> Callable[[Path], dict[str, Any]]:
+    """Scores of a finetune run's eval/<point>/ test answers after selective answering (the KB
+    deciding first the answers it covers if `kb_first`), its threshold chosen on that point's
+    validation answers."""
     rule, verifier = cfg.mitigation, kb_verifier(cfg)
 
     def select(point_dir: Path) -> dict[str, Any]:
@@ -74,20 +92,20 @@ def _eval_point_selector(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
         held_out = read_predictions(calibration, "qa")
         threshold = choose_threshold(held_out, rule.estimator, str(rule.target), rule.level, str(calibration))
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
-        selected = select_answers(records, rule, threshold, cfg.abstain_phrase, verifier, where)
+        selected = select_answers(records, rule.estimator, kb_first, threshold, cfg.abstain_phrase, verifier, where)
         return {**score_predictions(selected, verifier.kb),
                 "selection": selection_summary(records, selected, threshold)}
 
     return select
 
 
-def _eval_point_verifier(cfg: DictConfig) -> Callable[[Path], dict[str, Any]]:
-    """Scores of a finetune run's eval/<point>/ test answers after KB verification."""
+def _eval_point_verifier(cfg: DictConfig, policy: str) -> Callable[[Path], dict[str, Any]]:
+    """Scores of a finetune run's eval/<point>/ test answers after KB verification under `policy`."""
     verifier = kb_verifier(cfg)
 
     def verify(point_dir: Path) -> dict[str, Any]:
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
-        verified = verifier.apply_policy(records, cfg.mitigation.policy)
+        verified = verifier.apply_policy(records, policy)
         return {**score_predictions(verified, verifier.kb), "verification": verification_summary(verified, verifier.kb)}
 
     return verify

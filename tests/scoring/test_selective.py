@@ -47,9 +47,6 @@ def test_a_missing_score_names_the_file_and_the_scores_there() -> None:
 
 
 def test_the_kb_decides_what_it_covers_and_the_rule_the_rest() -> None:
-    from omegaconf import OmegaConf
-
-    from halluc_cli.config import AbstainUncertainConfig
     from halluc_cli.data.kb import Fact, KnowledgeBase
     from halluc_cli.scoring.selective import select_answers
     from halluc_cli.scoring.verify import KBVerifier
@@ -62,9 +59,7 @@ def test_the_kb_decides_what_it_covers_and_the_rule_the_rest() -> None:
         {**qa("Oslo", "Bergen", 0.9), "subject": "Atlantis", "relation": "capital"},  # not covered, unsure: withheld
         {**qa("Nuuk", "Nuuk", 0.1), "subject": "Greenland", "relation": "capital"},  # not covered, sure: given
     ]
-    rule = OmegaConf.structured(AbstainUncertainConfig(calibration="c.jsonl", kb_first=True))
-    selected = select_answers(records, rule, 0.5, "I don't know", verifier, "test")
+    selected = select_answers(records, "neg_mean_logprob", True, 0.5, "I don't know", verifier, "test")
     assert [r["abstained"] for r in selected] == [False, True, True, False]
-    plain = select_answers(records, OmegaConf.structured(AbstainUncertainConfig(calibration="c.jsonl")), 0.5,
-                           "I don't know", verifier, "test")
+    plain = select_answers(records, "neg_mean_logprob", False, 0.5, "I don't know", verifier, "test")
     assert [r["abstained"] for r in plain] == [True, False, True, False]
