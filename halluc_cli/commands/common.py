@@ -59,7 +59,7 @@ def _write_hydra_record(run_dir: Path) -> None:
     hydra_cfg = HydraConfig.get()
     record = run_dir / rundir.HYDRA_DIR
     atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
-    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+    atomic_write_text(record / rundir.OVERRIDES_FILE, OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
 
 def _check_resumable(saved_config: Path, cfg: DictConfig, sections: tuple[str, ...]) -> None:

@@ -18,6 +18,11 @@ T1 = 12.7062  # t(0.975, df=1): two seeds
 HALF = T1 * 0.1 / math.sqrt(2) / math.sqrt(2)  # two seeds 0.1 apart: sd 0.1/sqrt(2), over sqrt(2)
 
 
+def clipped(mean: float) -> tuple[float, float, float]:
+    """A rate's mean with its two-seed interval (seeds 0.1 apart), kept inside [0, 1]."""
+    return mean, max(mean - HALF, 0.0), min(mean + HALF, 1.0)
+
+
 def rates(accuracy: float, abstention: float, n: int = 10) -> dict:
     hallucination = 1 - accuracy - abstention
     return {"n": n, "accuracy": accuracy, "abstention_rate": abstention, "hallucination_rate": hallucination,
@@ -30,7 +35,7 @@ def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed:
     known accuracy 0.9 - 0.4 * fraction, +0.1 under clean, -0.2 under head_only, +0.05 at the
     early-stopping point, -0.1 for seed 1; unknown accuracy 0.1 (+0.1 for seed 1); clean
     abstains on half the unknown questions; 10 known and 10 unknown test questions."""
-    config = {"ckpt": str(run_dir / "no-such-pretrain-run"), "seed": seed, "train": {"max_steps": 40},
+    config = {"ckpt": str(run_dir.parent / "no-such-pretrain-run"), "seed": seed, "train": {"max_steps": 40},
               "data": {"unknown_fraction": fraction, "unknown_label": "answer", "paraphrases": paraphrases},
               "freeze": {"name": freeze, **freeze_keys}}
     if mitigation != "none":  # runs made before finetune had mitigation= have no such key
@@ -101,19 +106,20 @@ def test_summary_csv_holds_the_hand_computed_means_and_intervals(gathered: tuple
     rows = read_csv(out / "summary.csv")
     assert len(rows) == 5 * 2  # 5 groups x (early_stop, final)
     row = row_of(rows, unknown_fraction="0.25", mitigation="none", freeze="none", eval="final")
-    assert row["n_seeds"] == "2" and row["model"] == "lstm" and row["paraphrases"] == "2"
+    assert (row["n_replicates"], row["n_seeds"], row["n_runs"]) == ("1", "2", "2")
+    assert row["model"] == "lstm" and row["paraphrases"] == "2"
     # known accuracy: seeds 0.8 and 0.7
-    assert stat(row, "known_accuracy") == pytest.approx((0.75, 0.75 - HALF, 0.75 + HALF), abs=1e-5)
+    assert stat(row, "known_accuracy") == pytest.approx(clipped(0.75), abs=1e-5)
     # unknown hallucination: seeds 0.9 and 0.8; overall: (0.2 + 0.9) / 2 = (0.3 + 0.8) / 2, no spread
-    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.85, 0.85 - HALF, 0.85 + HALF), abs=1e-5)
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx(clipped(0.85), abs=1e-5)
     assert stat(row, "hallucination_rate") == pytest.approx((0.55, 0.55, 0.55), abs=1e-5)
     assert stat(row, "seconds") == pytest.approx((10.5, 10.5 - T1 * 0.5, 10.5 + T1 * 0.5), abs=1e-4)
     # clean at 0.75, early stop: known 0.9 - 0.3 + 0.1 + 0.05 = 0.75 and 0.65; abstains on half the unknown
     row = row_of(rows, unknown_fraction="0.75", mitigation="clean", eval="early_stop")
-    assert stat(row, "known_accuracy") == pytest.approx((0.7, 0.7 - HALF, 0.7 + HALF), abs=1e-5)
+    assert stat(row, "known_accuracy") == pytest.approx(clipped(0.7), abs=1e-5)
     assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
     assert stat(row, "abstention_rate") == pytest.approx((0.25, 0.25, 0.25))
-    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.35, 0.35 - HALF, 0.35 + HALF), abs=1e-5)
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx(clipped(0.35), abs=1e-5)
     row = row_of(rows, freeze="head_only", eval="final")
     assert stat(row, "known_accuracy")[0] == pytest.approx(0.55)
     assert stat(row, "trainable_parameters") == pytest.approx((100, 100, 100))
@@ -130,7 +136,7 @@ def test_runs_csv_has_a_row_per_readable_run(gathered: tuple[Path, str], sweep: 
 def test_table_warning_and_plots(gathered: tuple[Path, str], sweep: Path) -> None:
     out, stdout = gathered
     assert f"warning: skipped {sweep / '99'}: scores.json is not valid JSON" in stdout
-    assert "10 finetune runs in 5 groups" in stdout and "0.750" in stdout and "[0.115," in stdout and "1.385]" in stdout
+    assert "10 finetune runs in 5 groups" in stdout and "0.750" in stdout and "[0.11, 1.00]" in stdout
     for name in ("rates_vs_unknown_fraction.png", "train_accuracy_over_steps.png", "freeze_strategies.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, name
@@ -205,7 +211,8 @@ def test_kb_verify_adds_a_verified_twin_of_every_run(tmp_path: Path) -> None:
     assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
     assert stat(row, "verifier_precision") == pytest.approx((1.0, 1.0, 1.0))
     assert row_of(rows, mitigation="none", eval="final")["verifier_precision_mean"] == ""
-    assert "verifier" in result.stdout and "none+kb_verify(abstain)" in result.stdout
+    assert "none+kb_verify(abstain)" in result.stdout
+    assert "verifier precision" in (out / "report.md").read_text()  # the table shows what fits 100 columns
     assert "2 finetune runs (+ 2 again under the score mitigation) in 2 groups" in result.stdout
 
 
