@@ -523,6 +523,9 @@ class FinetuneConfig:
     trust_remote_code: bool = False
     seed: int = 0
     resume: str = "auto"
+    # The run's full table of results at its end: null prints it when the run runs alone, and
+    # one line per run in a -m sweep (summary.json holds every number either way).
+    summary_table: Optional[bool] = None
 
 
 @dataclass

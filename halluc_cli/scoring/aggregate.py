@@ -63,7 +63,7 @@ DERIVED = {
 # group. `ckpt` is the pretraining replicate; a labelled run's data.split_seed draws its split.
 SEEDS = ("seed", "probe.seed", "ckpt", "data.split_seed")
 # Overrides of how a run runs, not of what it measures (a key or a section of keys).
-RUNNING = ("hydra", "device", "resume", "train.progress", "experiment", "print_summary", "eval_after")
+RUNNING = ("hydra", "device", "resume", "train.progress", "experiment", "summary_table", "eval_after")
 NOT_A_CHOICE = "-"  # a QA choice of a run that has no QA sets (data=labelled)
 
 
