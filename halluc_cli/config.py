@@ -555,6 +555,9 @@ class FinetuneConfig:
     trust_remote_code: bool = False
     seed: int = 0
     resume: str = "auto"
+    # The run's full table of results at its end: null prints it when the run runs alone, and
+    # one line per run in a -m sweep (summary.json holds every number either way).
+    summary_table: Optional[bool] = None
 
 
 @dataclass
@@ -668,11 +671,18 @@ def bundled_path(relative: str) -> str:
     return str(Path(__file__).parent / "data" / relative)
 
 
+def dir_name(path: str) -> str:
+    """The last part of a path (`${dir_name:${ckpt}}` in YAML): a sweep over pretraining
+    replicates (ckpt=<dir>,<dir>) puts each replicate's runs apart, under its dir's name."""
+    return Path(str(path).rstrip("/")).name
+
+
 def register_configs() -> None:
     """Register the schemas (`schema_<group>_<name>`) that YAML files extend, and resolvers."""
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled_path)
         OmegaConf.register_new_resolver("halluc_conf", conf_path)
+        OmegaConf.register_new_resolver("dir_name", dir_name)
     store = ConfigStore.instance()
     store.store(name="pretrain_schema", node=PretrainConfig)
     store.store(name="score_schema", node=ScoreConfig)

@@ -12,7 +12,23 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True)  # a path or a message is one line, whatever the terminal
+# Tables fit 100 columns (a terminal's width, when narrower): what does not fit is in the CSV
+# files. A log or a pipe has no width of its own and gets 100 too.
+TABLE_WIDTH = 100
+
+
+def table_width() -> int:
+    """The columns a table may take on the console."""
+    return min(console.width, TABLE_WIDTH) if console.is_terminal else TABLE_WIDTH
+
+
+def print_fitted(table: Table) -> None:
+    """`table` at `table_width`, its title wrapped to it."""
+    if console.is_terminal:
+        console.print(table, width=table_width(), soft_wrap=False)
+    else:  # rich takes a log or a pipe for 80 columns, and caps a print's width at its own
+        Console(file=console.file, width=TABLE_WIDTH, quiet=console.quiet).print(table)
 
 
 def print_table(title: str, rows: dict[str, Any]) -> None:
@@ -22,7 +38,7 @@ def print_table(title: str, rows: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for key, value in rows.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_fitted(table)
 
 
 def print_note(text: str) -> None:

@@ -22,6 +22,7 @@ from halluc_cli.errors import UserError
 # --- every command's run dir
 CONFIG_FILE = "config.yaml"  # the run's resolved config (start_run)
 HYDRA_DIR = ".hydra"  # Hydra's own record of how the run was launched
+OVERRIDES_FILE = "overrides.yaml"  # in .hydra/: the command line's overrides (of a sweep's job: its own values)
 LOCK_FILE = ".lock"  # held (an OS lock, gone with the process) while a run writes the dir
 
 # --- a training run's (pretrain, finetune)
@@ -54,6 +55,8 @@ SCORES_FILE = "scores.json"  # the metrics of the predictions
 RISK_COVERAGE_PLOT = "risk_coverage.png"  # score predictions= with uncertainty scores
 SWEEP_SUMMARY_FILE = "summary.csv"  # score runs=: a row per group of seeds and eval point
 SWEEP_RUNS_FILE = "runs.csv"  # score runs=: a row per run
+SWEEP_EFFECTS_FILE = "effects.csv"  # score runs=: paired differences of each setting from its baseline
+SWEEP_REPORT_FILE = "report.md"  # score runs=: the tables and plots on one page
 
 
 MITIGATED = {"kb_verify": "verified", "abstain_uncertain": "selected"}  # score's mitigations -> file name

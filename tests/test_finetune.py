@@ -126,3 +126,13 @@ def test_a_failing_run_of_a_sweep_does_not_stop_the_others(lstm_run: Path, tmp_p
     assert "error in run #0 (" in result.stderr and "freeze=lora needs model=transformer" in result.stderr
     assert "1 run(s) of the sweep failed" in result.stderr.splitlines()[-1]
     assert (sweep / "1" / "summary.json").is_file()  # freeze=none ran after the failed run
+
+
+def test_a_sweep_prints_a_line_per_run_and_no_tables(lstm_run: Path, tmp_path: Path) -> None:
+    result = run_cli("finetune", "-m", *TINY, f"ckpt={lstm_run}", "seed=0,1", "train.max_steps=2",
+                     "train.eval_every=2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("run ") and not line.startswith("run dir")]
+    assert [line.split(":")[0] for line in lines] == ["run 1/2", "run 2/2"], result.stdout
+    assert "known acc" in lines[1] and lines[1].endswith(str(tmp_path / "sweep" / "1"))
+    assert "trainable_parameters" not in result.stdout  # the run's table: only when it runs alone

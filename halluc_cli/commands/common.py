@@ -10,6 +10,8 @@ from typing import Any
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli import rundir
@@ -59,7 +61,43 @@ def _write_hydra_record(run_dir: Path) -> None:
     hydra_cfg = HydraConfig.get()
     record = run_dir / rundir.HYDRA_DIR
     atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
-    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
+    atomic_write_text(record / rundir.OVERRIDES_FILE, OmegaConf.to_yaml(hydra_cfg.overrides.task))
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """Where a run stands in a -m sweep."""
+
+    number: int  # from 1, Hydra's hydra.job.num + 1
+    size: int | None  # the sweep's jobs; None where they cannot be counted
+
+
+def sweep_job() -> SweepJob | None:
+    """This run's place in its -m sweep; None for a run alone."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return SweepJob(hydra_cfg.job.num + 1, _sweep_size(hydra_cfg))
+
+
+def _sweep_size(hydra_cfg: DictConfig) -> int | None:
+    """The jobs of the sweep as Hydra's basic sweeper counts them: the product of each swept
+    key's values, from the config's sweeper params and the command line (which Hydra records
+    in the sweep dir's multirun.yaml, the job's own overrides being single values)."""
+    record = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    params = hydra_cfg.sweeper.get("params") or {}
+    try:
+        command_line = list(OmegaConf.load(record).hydra.overrides.task) if record.is_file() else []
+        overrides = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()]
+                                                             + command_line)
+        counts = {override.key_or_group: len(list(override.sweep_string_iterator())) if override.is_sweep_override()
+                  else 1 for override in overrides}  # the command line's value of a key replaces the config's
+    except Exception:  # an override this count cannot read: the progress line goes without a size
+        return None
+    size = 1
+    for count in counts.values():
+        size *= count
+    return size
 
 
 def _check_resumable(saved_config: Path, cfg: DictConfig, sections: tuple[str, ...]) -> None:

@@ -21,9 +21,16 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from halluc_cli import rundir
-from halluc_cli.commands.common import ModelSource, checkpoint_to_resume, describe_model, resolve_model, start_run
+from halluc_cli.commands.common import (
+    ModelSource,
+    checkpoint_to_resume,
+    describe_model,
+    resolve_model,
+    start_run,
+    sweep_job,
+)
 from halluc_cli.config import KBQAConfig, KnownFrom, LabelledConfig, QAFileConfig
-from halluc_cli.console import print_table, print_warning
+from halluc_cli.console import print_note, print_table, print_warning
 from halluc_cli.data.categories import category_sets, guessable_relations, kb_pool, read_user_qa_file
 from halluc_cli.data.kb import load_kb
 from halluc_cli.data.kbqa import build_qa_sets, load_split
@@ -277,7 +284,32 @@ def run(cfg: DictConfig) -> None:
         )
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
-        print_table(f"finetune {family}, freeze={cfg.freeze.name}: {run_dir}", summary)
+        _print_result(cfg, f"finetune {family}, freeze={cfg.freeze.name}: {run_dir}", summary, run_dir)
+
+
+# summary.json key -> its name in a sweep's line per run: the end of training's key figures
+_KEY_FIGURES = {
+    "final_known_accuracy": "known acc",
+    "final_known_hallucination_rate": "known halluc",
+    "final_unknown_hallucination_rate": "unknown halluc",
+    "final_error_rate": "error rate",  # data=labelled
+    "best_val_loss": "best val loss",
+}
+
+
+def _print_result(cfg: DictConfig, title: str, summary: dict[str, Any], run_dir: Path) -> None:
+    """The run's full table when it runs alone (or summary_table=true); in a -m sweep (or
+    summary_table=false), one line of its key figures after its place in the sweep, so that a
+    sweep of 30 runs reads as 30 lines (`halluc score runs=` gathers the tables)."""
+    job = sweep_job()
+    if cfg.summary_table or (cfg.summary_table is None and job is None):
+        print_table(title, summary)
+        return
+    figures = ", ".join(f"{name} {summary[key]:.3f}" for key, name in _KEY_FIGURES.items()
+                        if isinstance(summary.get(key), float))
+    # Hydra's "#<job> : <overrides>" line above says which settings the run had
+    place = "run" if job is None else f"run {job.number}/{job.size or '?'}"
+    print_note(f"{place}: {figures}, {summary['steps']} steps in {summary['seconds']:.0f} s -> {run_dir}")
 
 
 def evaluate_tests(

@@ -5,7 +5,8 @@ claim the run dir -> per file: (KB verification) -> metrics (`scoring/files.py`)
 (+ predictions_verified.jsonl) in the run dir -> rich tables (`scoring/tables.py`).
 Nothing is written until every input has been read and found valid.
 Or `runs=`: gather a sweep of finetune runs (their eval/*/scores.json, `scoring/sweep.py`)
-into summary.csv, runs.csv, PNG plots and a table, mean and 95% interval over seeds.
+into summary.csv, effects.csv, runs.csv, PNG plots, tables and report.md: mean and 95% interval
+over seeds (over pretraining replicates when there are several), and paired differences.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def run(cfg: DictConfig) -> None:
     if cfg.runs is not None:
         sweep = gather_sweep(cfg)
         run_dir = start_run(cfg)
-        write_sweep(sweep, run_dir)
+        report = write_sweep(sweep, run_dir)
+        console.print(f"[bold]report[/bold] {report}", highlight=False)
         return
     files = read_prediction_files(cfg.predictions, cfg.task, cfg.questions)
     verifier = None if cfg.task == "classification" else kb_verifier(cfg)

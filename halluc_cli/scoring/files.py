@@ -105,4 +105,4 @@ def scores_record(cfg: DictConfig, per_file: list[dict[str, Any]]) -> dict[str, 
 def _interval_note(seeds: int) -> str:
     if seeds == 1:
         return "one prediction file: each interval is the value itself (give several files for a 95% interval)"
-    return f"mean and 95% t-interval (low, high) over {seeds} prediction files"
+    return f"mean and 95% t-interval (low, high) over {seeds} prediction files, a rate's clipped to [0, 1]"

@@ -8,7 +8,8 @@ aliases), abstained, or wrong (answered and not correct):
 each overall, by known vs unknown fact, by relation, and by SliCK category where the
 examples carry one (data.known_from=probe). Classification predictions: the
 error rate mean(prediction != label) of the seed articles, with a confusion matrix. Several
-prediction files (seeds) give a mean with a 95% t-interval for every number.
+prediction files (seeds) give a mean with a 95% t-interval for every number, a rate's
+kept inside [0, 1].
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +27,15 @@ from halluc_cli.data.normalize import normalize_text
 
 NO_RELATION = "(none)"  # the by_relation group of records whose relation is unknown
 
-# Two-sided 95% quantiles t(0.975, df) for df = 1..30; beyond, a Cornish-Fisher expansion
-# around the normal quantile is within 1e-4 of the exact value.
-_T975 = (
-    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
-)
-_Z975 = 1.959964
+SHARE = (0.0, 1.0)  # the bounds of a rate or probability
+DIFFERENCE = (-1.0, 1.0)  # the bounds of a difference of two shares
+# The numbers of a scores.json that are shares of questions, answers or claims, or
+# probabilities (ROC-AUC, calibration error): their intervals stay inside SHARE. Counts,
+# thresholds and PRR (which can be negative) are not bounded.
+SHARES = frozenset({
+    "accuracy", "abstention_rate", "hallucination_rate", "hallucination_rate_answered", "error_rate", "coverage",
+    "precision", "recall", "factscore", "roc_auc", "known_vs_unknown_roc_auc", "ece",
+})
 
 
 def is_correct(prediction: str, answers: Iterable[str]) -> bool:
@@ -158,28 +160,42 @@ def classification_metrics(records: Iterable[Mapping[str, Any]]) -> dict[str, An
     }
 
 
-def t_quantile_975(df: int) -> float:
-    """The two-sided 95% quantile of Student's t with `df` degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be at least 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+def mean_interval(values: Sequence[float], bounds: tuple[float, float] | None = None) -> dict[str, float | int]:
+    """Mean of `values` with its 95% t-interval (scipy's Student t quantile), clipped to
+    `bounds`: {mean, low, high, n}.
 
-
-def mean_interval(values: list[float]) -> dict[str, float | int]:
-    """Mean of `values` with its 95% t-interval: {mean, low, high, n}.
-
-    With one value there is no spread to estimate: the interval is the value itself.
+    Clipping keeps the interval's coverage (the true mean of a rate lies in [0, 1]) while two
+    seeds' t-interval, 12.7 standard errors to each side, would otherwise leave it. With
+    one value, or all values equal, there is no spread to estimate: the interval is the mean.
     """
     if not values:
         raise ValueError("no values to average")
     mean = statistics.fmean(values)
     half = 0.0
     if len(values) > 1:
-        half = t_quantile_975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(values)}
+        from scipy import stats  # a second to import: only several seeds need it
+
+        half = float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "low": low, "high": high, "n": len(values)}
+
+
+def nested_interval(
+    by_replicate: Sequence[Sequence[float]], bounds: tuple[float, float] | None = None
+) -> dict[str, float | int]:
+    """Mean and 95% interval of values nested as fine-tuning seeds within pretraining replicates.
+
+    Seeds of one pretrained model share its split and weights, so they are not independent
+    draws of the experiment: with two replicates or more, each replicate's seeds are averaged
+    and the t-interval is over the replicate means (n = replicates). With one replicate the
+    interval is over its seeds (n = seeds) and holds for that pretrained model only.
+    """
+    filled = [list(values) for values in by_replicate if values]
+    if len(filled) == 1:
+        return mean_interval(filled[0], bounds)
+    return mean_interval([statistics.fmean(values) for values in filled], bounds)
 
 
 def aggregate_seeds(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -187,8 +203,9 @@ def aggregate_seeds(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
 
     The dicts share a nested shape (e.g. from `score_predictions`); each numeric leaf becomes
     `mean_interval` over the seeds that have it (a relation missing from one file, or a rate
-    that is None there, is averaged over the others; `n` in the result says over how many).
-    Strings and lists are left out. With one seed the interval is the value itself.
+    that is None there, is averaged over the others; `n` in the result says over how many),
+    a share's (SHARES) kept inside [0, 1]. Strings and lists are left out. With one seed the
+    interval is the value itself.
     """
     if not scores:
         raise ValueError("no scores to aggregate")
@@ -199,7 +216,7 @@ def aggregate_seeds(scores: list[Mapping[str, Any]]) -> dict[str, Any]:
         if values and all(isinstance(value, Mapping) for value in values):
             merged[key] = aggregate_seeds(values)
         elif values and all(is_number(value) for value in values):
-            merged[key] = mean_interval([float(value) for value in values])
+            merged[key] = mean_interval([float(value) for value in values], SHARE if key in SHARES else None)
     return merged
 
 

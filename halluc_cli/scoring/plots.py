@@ -4,7 +4,8 @@
   the share of unknown fine-tuning examples (Gekhman et al. 2024), a line per mitigation
   (and any other choice that varies), early-stopping point dashed, end of training solid.
 - rates_vs_paraphrases.png: the same vs the pretraining paraphrases per fact (Physics of
-  LMs 3.1), when those vary.
+  LMs 3.1), and rates_vs_<setting>.png vs any other numeric setting the sweep varied
+  (train.lr, freeze.rank); a labelled-data sweep's error rate likewise.
 - train_accuracy_over_steps.png: how fast the known and the unknown fine-tuning examples
   are fitted, a panel per unknown fraction.
 - freeze_strategies.png: accuracy, hallucination rate, trainable parameters and time per
@@ -31,7 +32,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from halluc_cli.scoring.aggregate import (
-    CHOICES,
     Group,
     Sweep,
     choice_key,
@@ -52,18 +52,19 @@ def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter in the log
     varying = sweep.varying()
     paths, notes = [], []
-    for x in _X_AXES:
-        if x in varying:
-            paths.append(plot_rates_vs(sweep.groups, varying, x, out_dir / f"rates_vs_{x}.png"))
+    for x in varying:
+        if len({group.choices[x] for group in sweep.groups if is_number(group.choices[x])}) > 1:
+            name = f"rates_vs_{x.replace('.', '_')}.png"
+            paths.append(plot_rates_vs(sweep.groups, varying, x, out_dir / name, sweep.names))
     if "unknown_fraction" not in varying:
         notes.append("rates_vs_unknown_fraction.png: every run has the same data.unknown_fraction")
     trained = [group for group in sweep.groups if any(run.curve for run in group.runs)]  # not verified twins
     if any("train_acc_known" in line or "train_acc_unknown" in line for run in sweep.runs for line in run.curve):
-        paths.append(plot_train_accuracy(trained, varying, out_dir / "train_accuracy_over_steps.png"))
+        paths.append(plot_train_accuracy(trained, varying, out_dir / "train_accuracy_over_steps.png", sweep.names))
     else:
         notes.append("train_accuracy_over_steps.png: no metrics.jsonl holds train_acc_known/train_acc_unknown")
     if "freeze" in varying:
-        path = plot_freeze_strategies(sweep.groups, varying, out_dir / "freeze_strategies.png")
+        path = plot_freeze_strategies(sweep.groups, varying, out_dir / "freeze_strategies.png", sweep.names)
         if path is None:
             notes.append("freeze_strategies.png: no two freeze strategies were run with otherwise equal settings")
         else:
@@ -99,9 +100,9 @@ def _colors(count: int) -> list[Any]:
     return [cmap(index % 10) for index in range(count)]
 
 
-def _fixed(groups: list[Group], apart: str) -> str:
+def _fixed(groups: list[Group], apart: str, names: Iterable[str]) -> str:
     """The choices (but `apart`) that every group shown shares, for a figure's subtitle."""
-    fixed = [name for name in CHOICES if name != apart
+    fixed = [name for name in names if name != apart
              and len({choice_key(group.choices[name]) for group in groups}) == 1]
     return describe(groups[0].choices, fixed) if groups and fixed else ""
 
@@ -112,28 +113,35 @@ _RATE_PANELS = (
     ("known_accuracy", "Accuracy on known test questions"),
     ("known_hallucination_rate", "Hallucination rate on known test questions"),
     ("unknown_hallucination_rate", "Hallucination rate on unknown test questions"),
+    ("error_rate", "Error rate on the labelled test set"),  # data=labelled
 )
 
 
-# The choices a rates plot can have on its x axis: (axis label, what the title says it is).
+# Axis labels of the choices a rates plot often has on its x axis: (axis label, what the
+# title says it is); any other numeric choice is named by its key.
 _X_AXES = {
     "unknown_fraction": ("unknown fraction of fine-tuning examples (share)", "share of unknown fine-tuning examples"),
     "paraphrases": ("pretraining paraphrases per fact (count)", "pretraining paraphrases per fact"),
 }
 
 
-def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path) -> Path:
-    """Test accuracy and hallucination vs the choice `x` (a key of `_X_AXES`), mean with 95%
-    interval bars; a line per setting of the other choices that was run at two values or more."""
-    axis_label, x_name = _X_AXES[x]
+def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path, names: Iterable[str]) -> Path:
+    """Test accuracy and hallucination (or a labelled set's error rate) vs the numeric choice
+    `x`, mean with 95% interval bars; a line per setting of the other choices that was run at
+    two values or more."""
+    axis_label, x_name = _X_AXES.get(x, (x, x))
     groups = [group for group in groups if is_number(group.choices[x])]  # "?": an unknown count
     # no setting run at two values: each group is a point of its own
     families = _families(groups, x, varying) or {
         describe(group.choices, [name for name in varying if name != x]): [group] for group in groups
     }
-    figure = Figure(figsize=(5.2 * len(_RATE_PANELS), 4.8), layout="constrained")
-    axes = figure.subplots(1, len(_RATE_PANELS), sharey=True)
+    panels = [(metric, title) for metric, title in _RATE_PANELS
+              if any(group_stats(group, point)[metric] for group in groups for point in POINT_STYLE)]
+    figure = Figure(figsize=(5.2 * len(panels), 4.8), layout="constrained")
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     values = sorted({group.choices[x] for group in groups})
+    # a learning rate's values are apart by factors: a log axis spaces them evenly
+    logarithmic = min(values) > 0 and max(values) / min(values) >= 100
     span = (max(values) - min(values)) or 1.0
     colors = _colors(len(families))
     points = [point for point in POINT_STYLE if any(point in run.scores for g in groups for run in g.runs)]
@@ -141,13 +149,13 @@ def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path) -
     for index, (label, family) in enumerate(families.items()):
         for point_index, point in enumerate(points):
             # shift each line a little sideways so that error bars at one fraction stay apart
-            offset = (index * len(points) + point_index - (series - 1) / 2) * 0.01 * span
+            shift = (index * len(points) + point_index - (series - 1) / 2) * 0.01
             stats = [(group.choices[x], group_stats(group, point)) for group in family]
-            stats = [(x, s) for x, s in stats if s["n_seeds"]]
+            stats = [(x, s) for x, s in stats if s["n_runs"]]
             if not stats:
                 continue
-            for ax, (metric, _) in zip(axes, _RATE_PANELS):
-                xs = [x + offset for x, s in stats if s[metric]]
+            for ax, (metric, _) in zip(axes, panels):
+                xs = [x * (1 + 2 * shift) if logarithmic else x + shift * span for x, s in stats if s[metric]]
                 cells = [s[metric] for _, s in stats if s[metric]]
                 if not cells:
                     continue
@@ -159,16 +167,18 @@ def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path) -
     handles = [Line2D([], [], color=color, marker="o", label=label) for label, color in zip(families, colors)]
     handles += [Line2D([], [], color="black", linestyle=POINT_STYLE[point], label=POINT_NAME[point])
                 for point in points]
-    for ax, (_, title) in zip(axes, _RATE_PANELS):
+    for ax, (_, title) in zip(axes, panels):
         ax.set_title(title)
         ax.set_xlabel(axis_label)
-        ax.set_xticks(values)
-        ax.set_ylim(-0.03, 1.03)  # a 2-seed t-interval can reach past [0, 1]
+        if logarithmic:
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{value:g}" for value in values])
+        ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(RATE_LABEL)
-    fixed = _fixed([group for family in families.values() for group in family], x)
-    figure.suptitle(f"Test accuracy and hallucination vs {x_name}"
-                    + (f"\n{fixed}" if fixed else "") + "\n(mean over seeds, bars: 95% interval)")
+    fixed = _fixed([group for family in families.values() for group in family], x, names)
+    figure.suptitle(f"Test rates vs {x_name}"
+                    + (f"\n{fixed}" if fixed else "") + "\n(mean over seeds, bars: 95% interval, inside [0, 1])")
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
     return _save(figure, path)
 
@@ -190,7 +200,7 @@ def _mean_curve(runs: Iterable[Any], key: str) -> tuple[list[int], list[float]]:
     return steps, [sum(by_step[step]) / len(by_step[step]) for step in steps]
 
 
-def plot_train_accuracy(groups: list[Group], varying: list[str], path: Path) -> Path:
+def plot_train_accuracy(groups: list[Group], varying: list[str], path: Path, names: Iterable[str]) -> Path:
     """Train accuracy on the known and the unknown fine-tuning examples over steps, a panel
     per unknown fraction, a colour per other varying choice, mean over seeds."""
     fractions = sorted({group.choices["unknown_fraction"] for group in groups})
@@ -221,7 +231,7 @@ def plot_train_accuracy(groups: list[Group], varying: list[str], path: Path) -> 
         axes[row * columns].set_ylabel("train accuracy (share of examples)")
     handles = [Line2D([], [], color=colors[label], label=label) for label in labels if len(labels) > 1]
     handles += [Line2D([], [], color="black", linestyle=style, label=name) for style, name in _FIT_STYLE.values()]
-    fixed = _fixed(groups, "unknown_fraction")
+    fixed = _fixed(groups, "unknown_fraction", names)
     figure.suptitle("Fitting known vs unknown fine-tuning examples (mean over seeds)"
                     + (f"\n{fixed}" if fixed else ""))
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
@@ -238,7 +248,7 @@ _FREEZE_PANELS = (
 )
 
 
-def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path) -> Path | None:
+def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path, names: Iterable[str]) -> Path | None:
     """Bars per freeze strategy (a colour per setting of the other choices, where at least
     two strategies share it); rates at the end of training (else the early-stopping point).
     None when no two strategies were run with otherwise equal settings."""
@@ -281,7 +291,7 @@ def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path) 
     if heights and max(heights) / min(heights) > 50:
         axes[2].set_yscale("log")
     where = " and ".join(POINT_NAME[point] for point in POINT_STYLE if point in point_used)
-    fixed = _fixed([group for family in families.values() for group in family], "freeze")
+    fixed = _fixed([group for family in families.values() for group in family], "freeze", names)
     figure.suptitle(f"Freeze strategies: rates at the {where}, mean over seeds, bars: 95% interval"
                     + (f"\n{fixed}" if fixed else ""))
     if len(families) > 1:  # one family: the subtitle already names its settings

@@ -3,7 +3,8 @@
 find and read the runs (`aggregate.gather`) -> under kb_verify, each run again with its eval
 points' answers verified against the KB (under abstain_uncertain, withheld where unsure, by a
 threshold chosen on the point's validation answers) -> warnings for what was skipped -> (the command
-claims its run dir) -> summary.csv and runs.csv, the table, PNG plots.
+claims its run dir) -> summary.csv, effects.csv and runs.csv, the tables, PNG plots, and report.md
+with all of them on one page.
 """
 
 from __future__ import annotations
@@ -17,12 +18,20 @@ from omegaconf import DictConfig
 from halluc_cli.console import console, print_note, print_warning
 from halluc_cli.predictions import read_predictions
 from halluc_cli.errors import UserError
-from halluc_cli.rundir import PREDICTIONS_FILE, SWEEP_RUNS_FILE, SWEEP_SUMMARY_FILE, VALID_PREDICTIONS_FILE
+from halluc_cli.rundir import (
+    PREDICTIONS_FILE,
+    SWEEP_EFFECTS_FILE,
+    SWEEP_REPORT_FILE,
+    SWEEP_RUNS_FILE,
+    SWEEP_SUMMARY_FILE,
+    VALID_PREDICTIONS_FILE,
+)
 from halluc_cli.scoring import aggregate
 from halluc_cli.scoring.files import kb_verifier
 from halluc_cli.scoring.metrics import score_predictions
+from halluc_cli.scoring.report import write_report
 from halluc_cli.scoring.selective import choose_threshold, select_answers, selection_summary
-from halluc_cli.scoring.tables import print_sweep
+from halluc_cli.scoring.tables import print_effects, print_sweep
 from halluc_cli.scoring.verify import verification_summary
 
 
@@ -42,20 +51,25 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
     return sweep
 
 
-def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> None:
-    """summary.csv, runs.csv and the plots in `run_dir`, and the table on the console."""
+def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> Path:
+    """summary.csv, effects.csv, runs.csv, the plots and report.md in `run_dir`, and the
+    tables on the console; returns the report's path."""
     from halluc_cli.scoring.plots import draw_plots  # matplotlib: imported only when plotting
 
-    aggregate.write_csv(run_dir / SWEEP_SUMMARY_FILE, aggregate.summary_rows(sweep.groups), aggregate.SUMMARY_COLUMNS)
-    aggregate.write_csv(run_dir / SWEEP_RUNS_FILE, aggregate.run_rows(sweep.runs), aggregate.RUN_COLUMNS)
-    print_sweep(sweep)
+    summary, effects = aggregate.summary_rows(sweep), aggregate.effect_rows(sweep)
+    aggregate.write_csv(run_dir / SWEEP_SUMMARY_FILE, summary, aggregate.summary_columns(sweep))
+    aggregate.write_csv(run_dir / SWEEP_EFFECTS_FILE, effects, aggregate.effect_columns(sweep))
+    aggregate.write_csv(run_dir / SWEEP_RUNS_FILE, aggregate.run_rows(sweep.runs), aggregate.run_columns(sweep))
+    print_sweep(sweep, summary)
+    print_effects(sweep, effects)
     plots, notes = draw_plots(sweep, run_dir)
-    for name in (SWEEP_SUMMARY_FILE, SWEEP_RUNS_FILE):
+    for name in (SWEEP_SUMMARY_FILE, SWEEP_EFFECTS_FILE, SWEEP_RUNS_FILE):
         console.print(f"[bold]wrote[/bold] {run_dir / name}", highlight=False)
     for path in plots:
         console.print(f"[bold]plot[/bold] {path}", highlight=False)
     for note in notes:
         print_note(f"no plot {note}")
+    return write_report(run_dir / SWEEP_REPORT_FILE, sweep, summary, effects, plots)
 
 
 def _verify_label(policy: Any) -> str:

@@ -1,12 +1,12 @@
 """The rich tables of halluc score: the scores of prediction files, and a sweep of runs.
 
-A number of several files (seeds) reads as its mean and 95% interval. The sweep's table, sent
-to a log or a pipe, is printed whole, a line per row.
+A number of several files (seeds) reads as its mean and 95% interval. The sweep's tables fit
+`console.table_width` (100 columns): as many key metrics as fit, the rest in the CSV files.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from omegaconf import DictConfig
@@ -14,69 +14,122 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from halluc_cli.config import SLICK_CATEGORIES
-from halluc_cli.console import console
-from halluc_cli.rundir import EVAL_POINTS
+from halluc_cli.console import console, print_fitted, table_width
 from halluc_cli.scoring import aggregate
 
 # --- a sweep of runs (runs=) ---------------------------------------------------------------
 
-# The table's rates (summary.csv has every one, overall abstention too).
-_SWEEP_COLUMNS = {
-    "known_accuracy": "acc\nknown",
-    "unknown_accuracy": "acc\nunknown",
-    "known_hallucination_rate": "halluc.\nknown",
-    "unknown_hallucination_rate": "halluc.\nunknown",
-    "hallucination_rate": "halluc.\nall",
-    "unknown_abstention_rate": "abstain\nunknown",
-}
+FOLDED = 24  # the widest a column of settings grows before it folds onto more lines
 
 
-def print_sweep(sweep: aggregate.Sweep) -> None:
-    """A row per group and eval point: the choices that vary, seeds, then each rate as
-    mean [95% interval] over seeds."""
+def print_sweep(sweep: aggregate.Sweep, rows: list[dict[str, Any]]) -> None:
+    """The summary rows (`aggregate.summary_rows`): a row per group and eval point, the choices
+    that vary, replicates and seeds, then each key metric as mean and 95% interval."""
+    print_fitted(sweep_table(sweep, rows, table_width()))
+
+
+def sweep_table(sweep: aggregate.Sweep, rows: list[dict[str, Any]], width: int) -> Table:
+    """The summary table with the key metrics (METRICS with a header, in priority order) that
+    any row has and that fit `width` columns."""
     varying = sweep.varying()
-    fixed = aggregate.describe(sweep.groups[0].choices, [name for name in aggregate.CHOICES if name not in varying])
+    fixed = aggregate.describe(sweep.groups[0].choices, [name for name in sweep.names if name not in varying])
     trained = len(sweep.runs) - sweep.verified_twins
     twins = f" (+ {sweep.verified_twins} again under the score mitigation)" if sweep.verified_twins else ""
-    table = Table(title=f"{trained} finetune runs{twins} in {len(sweep.groups)} groups, "
-                        "mean \\[95% interval] over seeds" + (f"; all runs: {escape(fixed)}" if fixed else ""))
-    for name in varying:
-        table.add_column(name.replace("_", " "), overflow="fold")  # fold: a narrow terminal hides nothing
-    table.add_column("eval", overflow="fold")
-    table.add_column("seeds", justify="right")
-    columns = dict(_SWEEP_COLUMNS)
-    if any("verification" in scores for run in sweep.runs for scores in run.scores.values()):
-        columns["verifier_precision"] = "verifier\nprecision"
-    probed = {category for run in sweep.runs for scores in run.scores.values() for category in scores.get("by_category", {})}
-    for category in SLICK_CATEGORIES:  # data.known_from=probe: accuracy per SliCK category
-        if category in probed:
-            columns[f"{category}_accuracy"] = f"acc\n{category}"
-    for header in columns.values():
-        table.add_column(header, justify="right", overflow="fold")
-    for group in sweep.groups:
-        for point in EVAL_POINTS:
-            stats = aggregate.group_stats(group, point)
-            if not stats["n_seeds"]:
-                continue
-            choices = [f"{group.choices[name]:g}" if isinstance(group.choices[name], float)
-                       else escape(str(group.choices[name])) for name in varying]
-            cells = [_interval_cell(stats[metric]) for metric in columns]
-            table.add_row(*choices, point, str(stats["n_seeds"]), *cells)
-    if console.is_terminal:
-        console.print(table)  # fitted to the terminal, intervals wrapped onto more lines
-    else:  # a log or a pipe gets the table whole, a line per row
-        width = Console(width=1000).measure(table).maximum
-        Console(file=console.file, width=width, soft_wrap=True).print(table)
+    title = (f"{trained} finetune runs{twins} in {len(sweep.groups)} groups: mean, 95% interval below "
+             f"({interval_basis(rows)}); all columns in summary.csv" + (f"; all runs: {escape(fixed)}" if fixed else ""))
+
+    def build(metrics: Sequence[str]) -> Table:
+        table = Table(title=title)
+        for name in varying:
+            # fold: a long setting wraps, hides nothing, and leaves room for the metrics
+            table.add_column(header(name), overflow="fold", max_width=FOLDED)
+        table.add_column("eval", overflow="fold")
+        table.add_column("pre-\ntrained", justify="right")  # pretraining replicates
+        table.add_column("seeds", justify="right")
+        for metric in metrics:
+            table.add_column(aggregate.METRICS[metric].header, justify="right", no_wrap=True)
+        for row in rows:
+            several = row["n_runs"] > 1
+            cells = [interval_cell(row, metric, several) for metric in metrics]
+            table.add_row(*(choice_cell(row[name]) for name in varying), row["eval"], str(row["n_replicates"]),
+                          str(row["n_seeds"]), *cells)
+        return table
+
+    shown = [name for name, metric in aggregate.METRICS.items()
+             if metric.header and any(row[f"{name}_mean"] is not None for row in rows)]
+    return _fitted(build, shown, width)
 
 
-def _interval_cell(stat: Mapping[str, float] | None) -> str:
-    """"0.750" for one seed, "0.750 [0.432, 1.068]" (the interval on a second line) for several."""
-    if stat is None:
+def print_effects(sweep: aggregate.Sweep, rows: list[dict[str, Any]]) -> None:
+    """The effect rows (`aggregate.effect_rows`): each setting's value against its baseline,
+    the paired differences of the key metrics, mean and 95% interval."""
+    if rows:
+        print_fitted(effects_table(sweep, rows, table_width()))
+
+
+def effects_table(sweep: aggregate.Sweep, rows: list[dict[str, Any]], width: int) -> Table:
+    """The effects table with the EFFECTS metrics any row has that fit `width` columns."""
+    varying = sweep.varying()
+    title = ("Effects: value minus baseline, paired on pretraining replicate and seed: mean, 95% interval below; "
+             "all in effects.csv")
+
+    def build(metrics: Sequence[str]) -> Table:
+        table = Table(title=title)
+        table.add_column("setting: baseline -> value", overflow="fold", max_width=FOLDED)
+        table.add_column("with", overflow="fold", max_width=FOLDED)
+        table.add_column("eval", overflow="fold")
+        table.add_column("pairs", justify="right")
+        for metric in metrics:
+            table.add_column("diff " + aggregate.METRICS[metric].header, justify="right", no_wrap=True)
+        for row in rows:
+            change = f"{row['setting']}: {choice_cell(row['baseline'])} -> {choice_cell(row['value'])}"
+            context = escape(aggregate.describe(row, [name for name in varying if name != row["setting"]]))
+            cells = [interval_cell(row, f"{metric}_diff", row["n_pairs"] > 1, signed=True) for metric in metrics]
+            table.add_row(change, context, row["eval"], str(row["n_pairs"]), *cells)
+        return table
+
+    shown = [name for name in aggregate.EFFECTS if any(row[f"{name}_diff_mean"] is not None for row in rows)]
+    return _fitted(build, shown, width)
+
+
+def _fitted(build: Callable[[Sequence[str]], Table], metrics: list[str], width: int) -> Table:
+    """The table of the most metrics (the first of `metrics`) whose natural width fits
+    `width`; at least one, its other columns then folded to fit."""
+    for count in range(len(metrics), 1, -1):
+        table = build(metrics[:count])
+        if Console(width=10_000).measure(table).maximum <= width:
+            return table
+    return build(metrics[:1])
+
+
+def interval_basis(rows: list[dict[str, Any]]) -> str:
+    """What the intervals are over: replicates where a row has several, else seeds."""
+    if any(row["n_replicates"] > 1 for row in rows):
+        return "over pretraining replicates, each the mean of its seeds"
+    return "over fine-tuning seeds of one pretrained model"
+
+
+def header(name: str) -> str:
+    """A choice's column header: unknown_fraction -> "unknown\nfraction", train.lr -> "train\nlr"."""
+    return name.replace("_", "\n").replace(".", "\n")
+
+
+def choice_cell(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else escape(str(value))
+
+
+def interval_cell(row: Mapping[str, Any], name: str, several: bool, signed: bool = False, below: str = "\n") -> str:
+    """"0.750" over one run or runs that agree; over several that differ, "0.750" and
+    "[0.43, 1.00]" (its interval) after `below`; "-" without a value. `signed`: "+0.120" (a
+    difference)."""
+    mean = row[f"{name}_mean"]
+    if mean is None:
         return "-"
-    if stat["n"] > 1:
-        return f"{stat['mean']:.3f}\n[{stat['low']:.3f}, {stat['high']:.3f}]"
-    return f"{stat['mean']:.3f}"
+    sign = "+" if signed else ""
+    text = f"{mean:{sign}.3f}"
+    if several and row[f"{name}_high"] > row[f"{name}_low"]:  # seeds that agree: the mean is all
+        text += f"{below}[{row[f'{name}_low']:{sign}.2f}, {row[f'{name}_high']:{sign}.2f}]"
+    return text
 
 
 # --- prediction files (predictions=) -------------------------------------------------------
@@ -136,7 +189,7 @@ def _print_qa(
             row_after = _dig(after, keys)
             cells = [f"{cell} -> {_cell(row_after.get(column))}" for cell, column in zip(cells, _QA_COLUMNS)]
         table.add_row(label, _cell(row.get("n"), count=True), *cells)
-    console.print(table)
+    print_fitted(table)
 
 
 def _print_detection(detection: Mapping[str, Any]) -> None:
@@ -153,7 +206,7 @@ def _print_detection(detection: Mapping[str, Any]) -> None:
             *(_cell(value) for value in (overall.get("roc_auc"), overall.get("prr"), judged.get("ece"),
                                          judged.get("known_vs_unknown_roc_auc"))),
         )
-    console.print(table)
+    print_fitted(table)
 
 
 def _print_rows(title: str, metrics: tuple[str, ...], columns: Mapping[str, Mapping[str, Any]]) -> None:
@@ -165,7 +218,7 @@ def _print_rows(title: str, metrics: tuple[str, ...], columns: Mapping[str, Mapp
     for metric in metrics:
         count = metric not in _RATES
         table.add_row(metric, *(_cell(column.get(metric), count) for column in columns.values()))
-    console.print(table)
+    print_fitted(table)
 
 
 def _print_classification(title: str, mean: Mapping[str, Any]) -> None:
@@ -180,7 +233,7 @@ def _print_classification(title: str, mean: Mapping[str, Any]) -> None:
         row = mean["confusion"][label]
         counts = [_cell(row.get(key), count=True) for key in predicted]
         table.add_row(label, *counts, _cell(mean["by_class"][label]["error_rate"]))
-    console.print(table)
+    print_fitted(table)
 
 
 def _dig(tree: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
@@ -190,12 +243,12 @@ def _dig(tree: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
 
 
 def _cell(stat: Mapping[str, float] | None, count: bool = False) -> str:
-    """A mean (a count as an integer when it is one), with its interval's half-width when it
-    comes from several seeds; "-" where there is no value (e.g. nothing answered)."""
+    """A mean (a count as an integer when it is one), with its 95% interval when it comes
+    from several seeds that differ; "-" where there is no value (e.g. nothing answered)."""
     if stat is None:
         return "-"
     mean = stat["mean"]
     text = f"{mean:g}" if count and float(mean).is_integer() else f"{mean:.3f}"
-    if stat["n"] > 1 and stat["high"] > stat["low"]:
-        text += f" ± {(stat['high'] - stat['low']) / 2:.3f}"
+    if stat["n"] > 1 and stat["high"] > stat["low"]:  # a rate's interval is clipped: not symmetric
+        text += f" [{stat['low']:.2f}, {stat['high']:.2f}]"
     return text

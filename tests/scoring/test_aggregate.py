@@ -1,21 +1,31 @@
 """`halluc score runs=...`: hand-made finetune run dirs with known scores give the known
-summary.csv, runs.csv and plots; broken or missing runs are reported."""
+summary.csv, effects.csv, runs.csv, tables, plots and report.md, grouped by what the sweep
+varied (replicates and seeds apart); broken or missing runs are reported."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.table import Table
 
 from cli_helpers import run_cli
 from halluc_cli.errors import UserError
-from halluc_cli.scoring.aggregate import gather
+from halluc_cli.scoring.aggregate import effect_rows, gather, summary_rows, with_verified_runs
+from halluc_cli.scoring.tables import effects_table, sweep_table
 
 T1 = 12.7062  # t(0.975, df=1): two seeds
 HALF = T1 * 0.1 / math.sqrt(2) / math.sqrt(2)  # two seeds 0.1 apart: sd 0.1/sqrt(2), over sqrt(2)
+
+
+def clipped(mean: float) -> tuple[float, float, float]:
+    """A rate's mean with its two-seed interval (seeds 0.1 apart), kept inside [0, 1]."""
+    return mean, max(mean - HALF, 0.0), min(mean + HALF, 1.0)
 
 
 def rates(accuracy: float, abstention: float, n: int = 10) -> dict:
@@ -25,12 +35,14 @@ def rates(accuracy: float, abstention: float, n: int = 10) -> dict:
 
 
 def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed: int, paraphrases: int = 2,
-             **freeze_keys) -> None:
+             ckpt: Path | None = None, lr: float = 1e-3, overrides: tuple[str, ...] = (), **freeze_keys) -> None:
     """A finished finetune run dir whose numbers follow from its choices:
     known accuracy 0.9 - 0.4 * fraction, +0.1 under clean, -0.2 under head_only, +0.05 at the
-    early-stopping point, -0.1 for seed 1; unknown accuracy 0.1 (+0.1 for seed 1); clean
-    abstains on half the unknown questions; 10 known and 10 unknown test questions."""
-    config = {"ckpt": str(run_dir / "no-such-pretrain-run"), "seed": seed, "train": {"max_steps": 40},
+    early-stopping point, -0.1 for seed 1, -100 * lr; unknown accuracy 0.1 (+0.1 for seed 1);
+    clean abstains on half the unknown questions; 10 known and 10 unknown test questions.
+    `overrides`: the command line Hydra records in .hydra/overrides.yaml."""
+    ckpt = ckpt or run_dir.parent / "no-such-pretrain-run"
+    config = {"ckpt": str(ckpt), "seed": seed, "train": {"max_steps": 40, "lr": lr},
               "data": {"unknown_fraction": fraction, "unknown_label": "answer", "paraphrases": paraphrases},
               "freeze": {"name": freeze, **freeze_keys}}
     if mitigation != "none":  # runs made before finetune had mitigation= have no such key
@@ -44,9 +56,12 @@ def make_run(run_dir: Path, fraction: float, mitigation: str, freeze: str, seed:
     curve = [{"step": step, "train_loss": 1.0, "train_acc_known": step / 40, "train_acc_unknown": step / 80}
              for step in (10, 20, 30, 40)]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in curve))
+    if overrides:
+        (run_dir / ".hydra").mkdir()
+        (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {line}\n" for line in overrides))
     for point, bonus in (("early_stop", 0.05), ("final", 0.0)):
         known = 0.9 - 0.4 * fraction + (0.1 if mitigation == "clean" else 0) - (0.2 if freeze == "head_only" else 0)
-        known += bonus - 0.1 * seed
+        known += bonus - 0.1 * seed - 100 * (lr - 1e-3)
         unknown_abstention = 0.5 if mitigation == "clean" else 0.0
         by_known = {"known": rates(known, 0.0), "unknown": rates(0.1 + 0.1 * seed, unknown_abstention)}
         overall = rates((known + 0.1 + 0.1 * seed) / 2, unknown_abstention / 2, n=20)
@@ -101,19 +116,20 @@ def test_summary_csv_holds_the_hand_computed_means_and_intervals(gathered: tuple
     rows = read_csv(out / "summary.csv")
     assert len(rows) == 5 * 2  # 5 groups x (early_stop, final)
     row = row_of(rows, unknown_fraction="0.25", mitigation="none", freeze="none", eval="final")
-    assert row["n_seeds"] == "2" and row["model"] == "lstm" and row["paraphrases"] == "2"
+    assert (row["n_replicates"], row["n_seeds"], row["n_runs"]) == ("1", "2", "2")
+    assert row["model"] == "lstm" and row["paraphrases"] == "2"
     # known accuracy: seeds 0.8 and 0.7
-    assert stat(row, "known_accuracy") == pytest.approx((0.75, 0.75 - HALF, 0.75 + HALF), abs=1e-5)
+    assert stat(row, "known_accuracy") == pytest.approx(clipped(0.75), abs=1e-5)
     # unknown hallucination: seeds 0.9 and 0.8; overall: (0.2 + 0.9) / 2 = (0.3 + 0.8) / 2, no spread
-    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.85, 0.85 - HALF, 0.85 + HALF), abs=1e-5)
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx(clipped(0.85), abs=1e-5)
     assert stat(row, "hallucination_rate") == pytest.approx((0.55, 0.55, 0.55), abs=1e-5)
     assert stat(row, "seconds") == pytest.approx((10.5, 10.5 - T1 * 0.5, 10.5 + T1 * 0.5), abs=1e-4)
     # clean at 0.75, early stop: known 0.9 - 0.3 + 0.1 + 0.05 = 0.75 and 0.65; abstains on half the unknown
     row = row_of(rows, unknown_fraction="0.75", mitigation="clean", eval="early_stop")
-    assert stat(row, "known_accuracy") == pytest.approx((0.7, 0.7 - HALF, 0.7 + HALF), abs=1e-5)
+    assert stat(row, "known_accuracy") == pytest.approx(clipped(0.7), abs=1e-5)
     assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
     assert stat(row, "abstention_rate") == pytest.approx((0.25, 0.25, 0.25))
-    assert stat(row, "unknown_hallucination_rate") == pytest.approx((0.35, 0.35 - HALF, 0.35 + HALF), abs=1e-5)
+    assert stat(row, "unknown_hallucination_rate") == pytest.approx(clipped(0.35), abs=1e-5)
     row = row_of(rows, freeze="head_only", eval="final")
     assert stat(row, "known_accuracy")[0] == pytest.approx(0.55)
     assert stat(row, "trainable_parameters") == pytest.approx((100, 100, 100))
@@ -130,7 +146,7 @@ def test_runs_csv_has_a_row_per_readable_run(gathered: tuple[Path, str], sweep: 
 def test_table_warning_and_plots(gathered: tuple[Path, str], sweep: Path) -> None:
     out, stdout = gathered
     assert f"warning: skipped {sweep / '99'}: scores.json is not valid JSON" in stdout
-    assert "10 finetune runs in 5 groups" in stdout and "0.750" in stdout and "[0.115," in stdout and "1.385]" in stdout
+    assert "10 finetune runs in 5 groups" in stdout and "0.750" in stdout and "[0.11, 1.00]" in stdout
     for name in ("rates_vs_unknown_fraction.png", "train_accuracy_over_steps.png", "freeze_strategies.png"):
         path = out / name
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000, name
@@ -205,7 +221,8 @@ def test_kb_verify_adds_a_verified_twin_of_every_run(tmp_path: Path) -> None:
     assert stat(row, "unknown_abstention_rate") == pytest.approx((0.5, 0.5, 0.5))
     assert stat(row, "verifier_precision") == pytest.approx((1.0, 1.0, 1.0))
     assert row_of(rows, mitigation="none", eval="final")["verifier_precision_mean"] == ""
-    assert "verifier" in result.stdout and "none+kb_verify(abstain)" in result.stdout
+    assert "none+kb_verify(abstain)" in result.stdout
+    assert "verifier precision" in (out / "report.md").read_text()  # the table shows what fits 100 columns
     assert "2 finetune runs (+ 2 again under the score mitigation) in 2 groups" in result.stdout
 
 
@@ -219,3 +236,116 @@ def test_paraphrase_sweep_is_plotted_against_the_paraphrase_count(tmp_path: Path
     assert (out / "rates_vs_paraphrases.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "rates_vs_unknown_fraction.png").exists()
     assert "no plot rates_vs_unknown_fraction.png" in result.stdout
+
+
+def test_a_learning_rate_sweep_is_grouped_by_its_overrides(tmp_path: Path) -> None:
+    """train.lr is no choice halluc knows of: the runs' own overrides (.hydra/overrides.yaml)
+    group them, the seeds (seed, probe.seed) and how they ran (device) do not."""
+    for lr in (1e-3, 2e-3):
+        for seed in (0, 1):
+            make_run(tmp_path / "sweep" / f"lr{lr}_{seed}", 0.5, "none", "none", seed, lr=lr,
+                     overrides=(f"train.lr={lr}", f"seed={seed}", f"probe.seed={seed}", "device=cpu",
+                                "experiment=tiny"))
+    out = tmp_path / "score"
+    result = run_cli("score", f"runs={tmp_path / 'sweep'}", f"hydra.run.dir={out}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = read_csv(out / "summary.csv")
+    assert {row["train.lr"] for row in rows} == {"0.001", "0.002"} and len(rows) == 2 * 2
+    row = row_of(rows, **{"train.lr": "0.002"}, eval="final")
+    assert row["n_seeds"] == "2"
+    assert stat(row, "known_accuracy") == pytest.approx(clipped(0.55), abs=1e-5)  # 0.6 and 0.5
+    # paired on the seed, lr 0.002 minus 0.001 is -0.1 in every pair: a point, not an interval
+    effect = row_of(read_csv(out / "effects.csv"), setting="train.lr", eval="final")
+    assert (effect["baseline"], effect["value"], effect["n_pairs"]) == ("0.001", "0.002", "2")
+    assert stat(effect, "known_accuracy_diff") == pytest.approx((-0.1, -0.1, -0.1))
+    assert (out / "rates_vs_train_lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert "train" in result.stdout and "0.002" in result.stdout
+
+
+def pretrain_dir(path: Path, split_seed: int) -> Path:
+    """A pretraining run dir as finetune's ckpt= names it: its config.yaml is all gather reads."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(json.dumps({"seed": 0, "model": {"name": "transformer"},
+                                                  "data": {"split_seed": split_seed, "paraphrases": 4}}))
+    return path
+
+
+def test_replicates_and_seeds(tmp_path: Path) -> None:
+    """3 pretraining replicates x 2 seeds x 2 mitigations: a group of 6 runs over 3 replicates,
+    its interval over the 3 replicate means; effects paired on replicate and seed."""
+    shift = {0: 0.0, 1: 0.1, 2: 0.2}  # each replicate's split makes its known questions easier
+    for split_seed in shift:
+        ckpt = pretrain_dir(tmp_path / "pretrain" / f"split_{split_seed}", split_seed)
+        for mitigation in ("none", "clean"):
+            for seed in (0, 1):
+                run_dir = tmp_path / "finetune" / f"rep{split_seed}" / mitigation / str(seed)
+                make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=ckpt,
+                         overrides=(f"ckpt={ckpt}", f"mitigation={mitigation}", f"seed={seed}"))
+                scores = run_dir / "eval" / "final" / "scores.json"
+                data = json.loads(scores.read_text())
+                data["by_known"]["known"]["accuracy"] -= shift[split_seed]
+                scores.write_text(json.dumps(data))
+    sweep = gather(str(tmp_path / "finetune"))
+    assert len(sweep.groups) == 2 and sweep.varying() == ["mitigation"]
+    rows = summary_rows(sweep)
+    row = next(row for row in rows if row["mitigation"] == "none" and row["eval"] == "final")
+    assert (row["n_replicates"], row["n_seeds"], row["n_runs"]) == (3, 2, 6)
+    # seeds 0.7 and 0.6 within each replicate: means 0.65, 0.55, 0.45; t over the 3 of them
+    assert (row["known_accuracy_mean"], row["known_accuracy_low"], row["known_accuracy_high"]) == pytest.approx(
+        (0.55, 0.55 - 4.3027 * 0.1 / math.sqrt(3), 0.55 + 4.3027 * 0.1 / math.sqrt(3)), abs=1e-4)
+    assert row["paraphrases"] == 4  # read from each pretraining run
+    effect = next(row for row in effect_rows(sweep) if row["eval"] == "final")
+    assert (effect["value"], effect["n_replicates"], effect["n_pairs"]) == ("clean", 3, 6)
+    assert effect["known_accuracy_diff_mean"] == pytest.approx(0.1)  # clean's +0.1 in each pair
+    assert effect["unknown_abstention_rate_diff_low"] == pytest.approx(0.5)
+
+
+def test_report_and_a_table_that_fits_100_columns(gathered: tuple[Path, str], sweep: Path) -> None:
+    out, stdout = gathered
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Sweep of 10 finetune runs in 5 groups")
+    for part in ("## Results", "| freeze | mitigation | unknown_fraction | eval |", "0.750 [0.11, 1.00]", "## Effects",
+                 "| mitigation | none | clean |", "![rates_vs_unknown_fraction](rates_vs_unknown_fraction.png)",
+                 "(summary.csv)", "(effects.csv)", "Student-t"):
+        assert part in report, part
+    assert stdout.rstrip().endswith(f"report {out / 'report.md'}")
+    assert "effects.csv" in stdout and (out / "effects.csv").is_file()
+
+
+def rendered(table: Table, width: int) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
+
+
+def test_sweep_tables_fit_100_columns_and_keep_their_key_columns(sweep: Path) -> None:
+    gathered = gather(str(sweep))
+    # a long mitigation name, as kb_verify's twins have
+    gathered = with_verified_runs(gathered, lambda point_dir: json.loads((point_dir / "scores.json").read_text()),
+                                  "kb_verify(abstain)")
+    summary = rendered(sweep_table(gathered, summary_rows(gathered), 100), 100)
+    effects = rendered(effects_table(gathered, effect_rows(gathered), 100), 100)
+    for text in (summary, effects):
+        assert max(len(line) for line in text.splitlines()) <= 100
+    for whole in ("freeze", "mitigation", "eval", "seeds", "acc", "known", "none+kb_verify(abstain)", "head_only",
+                  "0.750", "[0.11, 1.00]"):
+        assert whole in summary, whole
+    assert "diff acc" in effects and "+0.100" in effects
+
+
+def test_a_labelled_data_sweep_is_gathered_by_its_error_rate(tmp_path: Path) -> None:
+    for split_seed in (0, 1):  # data=labelled draws its own split: a replicate each
+        for seed in (0, 1):
+            run_dir = tmp_path / f"split{split_seed}_seed{seed}"
+            (run_dir / "eval" / "final").mkdir(parents=True)
+            (run_dir / "config.yaml").write_text(json.dumps(
+                {"ckpt": str(tmp_path / "lm"), "seed": seed, "data": {"split_seed": split_seed, "train": "t.csv"}}))
+            error = 0.2 + 0.1 * split_seed + 0.05 * seed
+            (run_dir / "eval" / "final" / "scores.json").write_text(
+                json.dumps({"n": 20, "error_rate": error, "accuracy": 1 - error, "by_class": {}, "confusion": {}}))
+    sweep = gather(str(tmp_path))
+    [row] = summary_rows(sweep)
+    assert (row["n_replicates"], row["n_seeds"], row["unknown_fraction"]) == (2, 2, "-")
+    # replicate means 0.225 and 0.325: a t-interval over 2, clipped to [0, 1]
+    assert (row["error_rate_mean"], row["error_rate_low"], row["error_rate_high"]) == pytest.approx((0.275, 0.0, 0.91),
+                                                                                                    abs=0.01)

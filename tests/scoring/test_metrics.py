@@ -7,12 +7,13 @@ import pytest
 from halluc_cli.data.kb import Fact, KnowledgeBase
 from halluc_cli.scoring.metrics import (
     NO_RELATION,
+    SHARE,
     aggregate_seeds,
     classification_metrics,
     is_correct,
     mean_interval,
+    nested_interval,
     score_predictions,
-    t_quantile_975,
 )
 
 
@@ -110,17 +111,30 @@ def test_classification_labels_compare_as_strings() -> None:
     assert scores["error_rate"] == 0.0
 
 
-@pytest.mark.parametrize(
-    "df, expected", [(1, 12.7062), (4, 2.7764), (30, 2.0423), (31, 2.0395), (120, 1.9799), (10_000, 1.9602)]
-)
-def test_t_quantile(df: int, expected: float) -> None:
-    assert t_quantile_975(df) == pytest.approx(expected, abs=2e-4)
-
-
 def test_mean_interval_hand_computed() -> None:
     stat = mean_interval([0.2, 0.4, 0.6])  # sd 0.2, t(0.975, 2) = 4.3027
     half = 4.3027 * 0.2 / math.sqrt(3)
     assert stat == pytest.approx({"mean": 0.4, "low": 0.4 - half, "high": 0.4 + half, "n": 3}, abs=1e-4)
+
+
+@pytest.mark.parametrize("values", [[0.05, 0.95], [0.0, 1.0], [0.9, 1.0], [0.0, 0.1, 0.0], [0.02, 0.0, 0.01, 0.9]])
+def test_a_rate_interval_stays_inside_0_1(values: list[float]) -> None:
+    """Two seeds' t-interval spans 12.7 standard errors each side: clipped to [0, 1], not past it."""
+    stat = mean_interval(values, SHARE)
+    assert 0.0 <= stat["low"] <= stat["mean"] <= stat["high"] <= 1.0
+    assert stat["low"] < stat["high"]
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3, 1.0])
+def test_all_equal_values_give_a_point(value: float) -> None:
+    assert mean_interval([value, value], SHARE) == {"mean": value, "low": value, "high": value, "n": 2}
+    assert nested_interval([[value, value], [value]], SHARE) == {"mean": value, "low": value, "high": value, "n": 2}
+
+
+def test_nested_interval_is_over_replicate_means() -> None:
+    # one replicate: over its seeds; two or more: each replicate's seeds averaged first
+    assert nested_interval([[0.2, 0.4, 0.6]]) == mean_interval([0.2, 0.4, 0.6])
+    assert nested_interval([[0.2, 0.4], [0.5, 0.7], [0.8]], SHARE) == pytest.approx(mean_interval([0.3, 0.6, 0.8], SHARE))
 
 
 def test_one_value_is_its_own_interval() -> None:
@@ -131,8 +145,8 @@ def test_aggregate_seeds_over_nested_scores() -> None:
     first = {"overall": {"accuracy": 0.5, "rate": None}, "by_relation": {"capital": {"accuracy": 0.2}}, "note": "x"}
     second = {"overall": {"accuracy": 0.7, "rate": 0.1}, "by_relation": {}}
     merged = aggregate_seeds([first, second])
-    half = 12.7062 * 0.1  # sd of (0.5, 0.7) is 0.1 * sqrt(2); over sqrt(2) seeds: 0.1
-    assert merged["overall"]["accuracy"] == pytest.approx({"mean": 0.6, "low": 0.6 - half, "high": 0.6 + half, "n": 2})
+    # sd of (0.5, 0.7) is 0.1 * sqrt(2), over sqrt(2) seeds 0.1, times t(0.975, 1) = 12.7: clipped to a share's bounds
+    assert merged["overall"]["accuracy"] == pytest.approx({"mean": 0.6, "low": 0.0, "high": 1.0, "n": 2})
     assert merged["overall"]["rate"] == {"mean": 0.1, "low": 0.1, "high": 0.1, "n": 1}  # None is skipped
     assert merged["by_relation"]["capital"]["accuracy"]["n"] == 1  # only one seed had it
     assert "note" not in merged
