@@ -321,8 +321,8 @@ def rendered(table: Table, width: int) -> str:
 def test_sweep_tables_fit_100_columns_and_keep_their_key_columns(sweep: Path) -> None:
     gathered = gather(str(sweep))
     # a long mitigation name, as kb_verify's twins have
-    gathered = with_verified_runs(gathered, lambda point_dir: json.loads((point_dir / "scores.json").read_text()),
-                                  "kb_verify(abstain)")
+    rescore = lambda point_dir: json.loads((point_dir / "scores.json").read_text())  # noqa: E731
+    gathered = with_verified_runs(gathered, {"kb_verify(abstain)": rescore})
     summary = rendered(sweep_table(gathered, summary_rows(gathered), 100), 100)
     effects = rendered(effects_table(gathered, effect_rows(gathered), 100), 100)
     for text in (summary, effects):
