@@ -165,3 +165,8 @@ def test_a_tracker_not_installed_is_one_line_error_before_anything_is_written(
     assert_one_line_error(result, "logger=wandb needs wandb", "pip install wandb")
     assert not (tmp_path / "run").exists()
 
+
+def test_a_bad_logger_name_is_one_line_error_naming_the_options(tmp_path: Path) -> None:
+    result = run_cli("pretrain", *TINY, f"hydra.run.dir={tmp_path / 'run'}", "logger=[tensorboard,mlfow]")
+    assert_one_line_error(result, "logger/mlfow", "Available options in 'logger': jsonl, mlflow, tensorboard, wandb")
+    assert not (tmp_path / "run").exists()
