@@ -4,6 +4,7 @@ tracker's own reader, and continues its run when a killed run resumes."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -170,3 +171,17 @@ def test_a_bad_logger_name_is_one_line_error_naming_the_options(tmp_path: Path) 
     result = run_cli("pretrain", *TINY, f"hydra.run.dir={tmp_path / 'run'}", "logger=[tensorboard,mlfow]")
     assert_one_line_error(result, "logger/mlfow", "Available options in 'logger': jsonl, mlflow, tensorboard, wandb")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_main_process_alone_logs(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "halluc_cli"]
+    settings = ["model.dropout=0.0", "train.max_steps=6", "train.eval_every=3", "train.save_every=3"]
+    result = subprocess.run(
+        [*command, "pretrain", *TINY, f"hydra.run.dir={run_dir}", "logger=tensorboard", *settings],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one writer, one event file
+    assert _tensorboard_curve(run_dir, "val_loss") == _metrics_curve(run_dir, "val_loss")
