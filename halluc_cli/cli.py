@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -118,6 +119,25 @@ class _HeldStderr:
         return "; ".join(parts)
 
 
+_UNLOADABLE = re.compile(r"Could not load '(?P<group>[\w/]+)/[^']+'\.?")
+
+
+def _with_options(message: str, command: str) -> str:
+    """`message` with the options of the group it names as missing: Hydra lists them for a bad
+    choice (`logger=tensorbord`) but not for a bad one in a list (`logger=[tensorbord]`)."""
+    from halluc_cli.config import CONF_DIR
+
+    match = _UNLOADABLE.search(message)
+    if match is None:
+        return message
+    group = match["group"]
+    folders = (CONF_DIR / group, CONF_DIR / command / group)  # shared, and the command's own
+    options = sorted({path.stem for folder in folders for path in folder.glob("*.yaml")})
+    if not options:
+        return message
+    return f"{message[: match.end()].rstrip('.')}; Available options in '{group}': {', '.join(options)}{message[match.end():]}"
+
+
 def _exception_line(line: str) -> str:
     """The last line of a traceback; an OS error there is Hydra failing to create the run dir."""
     kind = line.partition(":")[0]
@@ -210,7 +230,7 @@ def run_hydra_app(name: str, task: Callable, args: list[str]) -> None:
         # Hydra reports a config it cannot compose (exit 1), its argument parser a bad option
         # (exit 2), before the task starts.
         if exit_.code in (1, 2) and not _TaskState.started:
-            _fail_before_start(held.one_line() if held else "")
+            _fail_before_start(_with_options(held.one_line(), name) if held else "")
         raise
     except Exception as error:  # Hydra's own rules on its arguments (-m with --cfg)
         if _TaskState.started or debug:

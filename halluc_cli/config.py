@@ -413,6 +413,57 @@ class LoraFreezeConfig(FreezeConfig):
     target_modules: list[str] = field(default_factory=list)  # layers to adapt; empty: peft's defaults
 
 
+class WandbMode(Choice):
+    online = "online"  # sync to the W&B server as the run goes (needs `wandb login`)
+    offline = "offline"  # write the run dir only; `wandb sync` uploads it later
+    disabled = "disabled"  # log nothing (W&B's own no-op mode)
+
+
+@dataclass
+class JsonlLoggerConfig:
+    """logger=jsonl: `metrics.jsonl` alone. It is written whatever else is chosen, so this
+    option only says "no tracker"."""
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    """logger=tensorboard: event files in the run dir (`tensorboard --logdir outputs`)."""
+
+
+@dataclass
+class WandbLoggerConfig:
+    """logger=wandb: a Weights & Biases run whose files live in the run dir."""
+
+    project: str = "halluc"
+    entity: Optional[str] = None  # your W&B user or team; null: your login's default
+    name: Optional[str] = None  # the run's name in W&B; null: the run dir's path
+    mode: Optional[WandbMode] = None  # null: $WANDB_MODE, else offline (no network needed)
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MlflowLoggerConfig:
+    """logger=mlflow: an MLflow run, by default in a SQLite store inside the run dir."""
+
+    # null: sqlite in the run dir; or any MLflow URI (sqlite:///outputs/mlflow.db shares one
+    # store across runs, http://host:5000 a tracking server)
+    tracking_uri: Optional[str] = None
+    experiment: str = "halluc"
+    run_name: Optional[str] = None  # null: the run dir's path
+
+
+@dataclass
+class LoggersConfig:
+    """The trackers a training run logs to (`conf/logger/`, several at once:
+    `logger=[tensorboard,mlflow]`); each chosen one fills its key, the others stay null.
+    Read by `halluc_cli.training.loggers`."""
+
+    jsonl: Optional[JsonlLoggerConfig] = None
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    mlflow: Optional[MlflowLoggerConfig] = None
+
+
 @dataclass
 class PretrainConfig:
     """`halluc pretrain`: train a language model from scratch on a corpus."""
@@ -421,6 +472,7 @@ class PretrainConfig:
     data: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggersConfig = field(default_factory=LoggersConfig)  # conf/logger/: where metrics go besides metrics.jsonl
     seed: int = 0
     # auto: continue from the run dir's checkpoint when there is one | true: must continue |
     # false: start over (the run dir's checkpoint is replaced)
@@ -549,6 +601,7 @@ class FinetuneConfig:
     detector: Any = MISSING  # conf/detector/: none | hidden_probe (trained on the validation answers)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggersConfig = field(default_factory=LoggersConfig)  # conf/logger/: where metrics go besides metrics.jsonl
     mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # data.known_from=probe and mitigation=clean
     # Run the Python code a hub model ships with its weights (ckpt=<hub name>); off unless you trust it.

@@ -30,6 +30,13 @@ CHECKPOINT_DIR = "checkpoint"  # the latest weights and training state: what a r
 BEST_DIR = "best"  # the weights of the lowest validation loss (early stopping)
 METRICS_FILE = "metrics.jsonl"  # one line per evaluation during training
 SUMMARY_FILE = "summary.json"  # the headline numbers of a finished run
+# logger=: each tracker's own files, so that a resumed run continues the tracker's run
+TENSORBOARD_DIR = "tensorboard"  # event files
+WANDB_DIR = "wandb"  # made by W&B itself: offline-run-*/ (or run-*/), its logs
+WANDB_ID_FILE = "wandb/halluc_run_id"  # the W&B run id a resumed run continues
+MLFLOW_STORE = "mlflow/mlflow.db"  # the default MLflow store (SQLite)
+MLFLOW_ARTIFACTS_DIR = "mlflow/artifacts"  # that store's artifact location
+MLFLOW_ID_FILE = "mlflow/run_id"  # the MLflow run id a resumed run continues
 TRAINED = (CHECKPOINT_DIR, BEST_DIR)  # what a run has once it trained: never removed
 
 # --- pretrain's

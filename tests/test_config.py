@@ -33,7 +33,7 @@ ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob(
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 51, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 55, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str], with_hydra: bool = False):
@@ -84,6 +84,25 @@ def test_finetune_mitigation_defaults_to_none_and_clean_is_typed() -> None:
     assert cfg.mitigation.unknown_categories == ["Unknown"] and cfg.mitigation.unknown_action == "drop"
     with pytest.raises(ConfigCompositionException, match="num_samples"):
         _compose("finetune", ["ckpt=some/run", "mitigation=clean", "probe.num_samples=many"])
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_loggers_are_chosen_as_a_list_and_typed(command: str) -> None:
+    given = PRIMARY[command]
+    assert _compose(command, given).logger.jsonl is not None  # the default: metrics.jsonl alone
+    cfg = _compose(command, given + ["logger=[tensorboard,mlflow]", "logger.mlflow.experiment=mine"])
+    chosen = {name for name, value in cfg.logger.items() if value is not None}
+    assert chosen == {"tensorboard", "mlflow"} and cfg.logger.mlflow.experiment == "mine"
+    with pytest.raises(ConfigCompositionException, match="trackinguri"):
+        _compose(command, given + ["logger=mlflow", "logger.mlflow.trackinguri=x"])
+    with pytest.raises(ConfigCompositionException, match="logger.wandb.mode=sometimes") as refused:
+        _compose(command, given + ["logger=wandb", "logger.wandb.mode=sometimes"])
+    assert "expected one of [online, offline, disabled]" in str(refused.value.__cause__)
+
+
+def test_generate_has_no_logger() -> None:
+    with pytest.raises(ConfigCompositionException, match="Could not override 'logger'"):
+        _compose("generate", ["ckpt=some/run", "logger=tensorboard"])
 
 
 def test_misspelled_key_fails_naming_the_key() -> None:

@@ -62,6 +62,7 @@ from halluc_cli.training.device import build_accelerator, load_dtype, pin_batche
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
 from halluc_cli.training.freeze import apply_freeze, cast_for_training
+from halluc_cli.training.loggers import build_trackers, check_trackers, flat_params
 from halluc_cli.training.loop import Trainer
 
 
@@ -205,6 +206,7 @@ def finetune_data(cfg: DictConfig) -> FinetuneData:
 def run(cfg: DictConfig) -> None:
     """Fine-tune the model `cfg.ckpt` names; everything lands in the Hydra run dir."""
     check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
+    check_trackers(cfg.logger)
     kind = finetune_data(cfg)
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
     source = resolve_model(cfg.ckpt)
@@ -261,6 +263,8 @@ def run(cfg: DictConfig) -> None:
         evaluators=(fit_accuracy,),
         parameters=freeze.optimizer_parameters(model),
         on_step=lambda step: freeze.on_step(model, step),
+        trackers=build_trackers(cfg.logger, run_dir),
+        hparams=flat_params(cfg),
     )
     result = trainer.fit(resume_from)
     summary = {

@@ -23,11 +23,13 @@ from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
 from halluc_cli.rundir import SUMMARY_FILE, TOKENS_DIR
 from halluc_cli.training.batches import TokenStream
 from halluc_cli.training.device import build_accelerator, pin_batches
+from halluc_cli.training.loggers import build_trackers, check_trackers, flat_params
 from halluc_cli.training.loop import Trainer
 
 
 def run(cfg: DictConfig) -> None:
     """Pretrain the configured model; everything lands in the Hydra run dir."""
+    check_trackers(cfg.logger)
     accelerator = build_accelerator(cfg.device)
     run_dir = start_run(cfg, accelerator, kept_on_resume=("model", "data"))
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
@@ -48,7 +50,10 @@ def run(cfg: DictConfig) -> None:
     train_data = _stream(tokens["train"], train_cfg, model.recurrent, cfg.seed, "train", line_end)
     valid_data = _stream(tokens["valid"], train_cfg, True, cfg.seed, "valid")
     train_data, valid_data = pin_batches(train_data, accelerator.device), pin_batches(valid_data, accelerator.device)
-    trainer = Trainer(model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data)
+    trainer = Trainer(
+        model, tokenizer, train_cfg, accelerator, run_dir, train_data, valid_data,
+        trackers=build_trackers(cfg.logger, run_dir), hparams=flat_params(cfg),
+    )
     result = trainer.fit(resume_from)
 
     test_data = _stream(tokens["test"], train_cfg, True, cfg.seed, "test")

@@ -5,6 +5,8 @@ micro-batch of the accumulation -> clip -> optimizer and schedule step -> log ->
 (validation loss, perplexity, extra evaluators; early stopping) -> checkpoint -> stop if a
 scheduler signalled (`preemption`).
 
+Evaluations are logged to `metrics.jsonl` and the trackers `logger=` chose (`loggers`).
+
 Under several processes (torchrun, accelerate launch) each trains on its rows of every global
 batch (`distributed`); losses are summed across processes, every process evaluates the same
 weights on the whole validation split (so all get the same numbers and stop together), and
@@ -13,13 +15,12 @@ the main process alone writes metrics and checkpoints.
 
 from __future__ import annotations
 
-import json
 from contextlib import nullcontext
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,6 @@ from transformers import PreTrainedTokenizerBase
 
 from halluc_cli import rundir
 from halluc_cli.config import TrainConfig
-from halluc_cli.io import atomic_write_text
 from halluc_cli.models import LanguageModel
 from halluc_cli.training.batches import Batch
 from halluc_cli.training.checkpoint import (
@@ -38,6 +38,7 @@ from halluc_cli.training.checkpoint import (
     set_rng_state,
 )
 from halluc_cli.training.distributed import check_batch_split, gather_state, process_batch, scatter_state
+from halluc_cli.training.loggers import JsonlLogger, Logger, Param
 from halluc_cli.training.optim import build_optimizer, build_scheduler
 from halluc_cli.training.preemption import Preempted, StopSignals, stop_signals
 from halluc_cli.training.progress import ProgressReporter
@@ -68,7 +69,8 @@ class FitResult:
 
 
 class Trainer:
-    """Trains a `LanguageModel` and keeps `run_dir/checkpoint` and `run_dir/metrics.jsonl`."""
+    """Trains a `LanguageModel` and keeps `run_dir/checkpoint`, `run_dir/metrics.jsonl` and the
+    logs of the `trackers` it is given."""
 
     def __init__(
         self,
@@ -82,16 +84,22 @@ class Trainer:
         evaluators: tuple[Evaluator, ...] = (),
         parameters: list[torch.nn.Parameter] | None = None,
         on_step: Callable[[int], None] | None = None,
+        trackers: Sequence[Logger] = (),
+        hparams: dict[str, Param] | None = None,
     ) -> None:
         """`parameters`: what the optimizer holds (default: the trainable ones); `on_step(step)`
-        runs before each step (gradual unfreezing changes what trains)."""
+        runs before each step (gradual unfreezing changes what trains); `trackers` log each
+        evaluation besides metrics.jsonl, and `hparams` (the run's settings) at the start."""
         check_batch_split(cfg.batch_size, accelerator.num_processes)
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
         self.evaluators, self.on_step = evaluators, on_step
         self.checkpoint_dir = run_dir / rundir.CHECKPOINT_DIR
         self.best_dir = run_dir / rundir.BEST_DIR
-        self.metrics_path = run_dir / rundir.METRICS_FILE
+        self.metrics_log = JsonlLogger(run_dir / rundir.METRICS_FILE)
+        # The main process alone logs: the others compute the same numbers.
+        self.loggers: list[Logger] = [self.metrics_log, *trackers] if accelerator.is_main_process else []
+        self.hparams = hparams or {}
         if parameters is None:
             parameters = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(parameters, cfg)
@@ -118,8 +126,22 @@ class Trainer:
         """Train to `max_steps` (or early stopping), from scratch or from a checkpoint."""
         if resume_from is not None:
             self._restore(resume_from)
-        elif self.metrics_path.exists() and self.accelerator.is_main_process:
-            self.metrics_path.unlink()  # a fresh start in a used run dir begins a fresh log
+        self._start_logs()
+        try:
+            return self._fit()
+        finally:
+            for logger in self.loggers:
+                logger.close()
+
+    def _start_logs(self) -> None:
+        """Open every log at the current step (0, or the checkpoint's on resume)."""
+        for logger in self.loggers:
+            logger.start(self.step)
+            if self.hparams:
+                logger.log_hparams(self.hparams)
+        self.last_metrics = self.metrics_log.last_metrics
+
+    def _fit(self) -> FitResult:
         started, stopped_early = time.perf_counter(), False
         show_progress = self.cfg.progress and self.accelerator.is_main_process
         with ProgressReporter(self.cfg.max_steps, self.step, enabled=show_progress) as progress, stop_signals() as stop:
@@ -225,9 +247,8 @@ class Trainer:
         for evaluator in self.evaluators:
             metrics.update(evaluator(self.unwrapped))
         self.last_metrics = metrics
-        if self.accelerator.is_main_process:
-            with open(self.metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(metrics) + "\n")
+        for logger in self.loggers:
+            logger.log_metrics(self.step, metrics)
         return metrics
 
     def _should_stop(self, val_loss: float) -> bool:
@@ -293,17 +314,6 @@ class Trainer:
         self.losses_since_eval = list(state["losses_since_eval"])
         if self.accelerator.scaler is not None and state.get("grad_scaler"):
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
-        self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        # A killed run may have logged evaluations after its last checkpoint; they are redone.
-        if not self.metrics_path.is_file() or not self.accelerator.is_main_process:
-            return
-        lines = self.metrics_path.read_text(encoding="utf-8").splitlines()
-        kept = [json.loads(line) for line in lines if line.strip()]
-        kept = [metrics for metrics in kept if metrics["step"] <= self.step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(metrics) + "\n" for metrics in kept))
-        self.last_metrics = kept[-1] if kept else {}
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
