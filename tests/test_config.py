@@ -20,7 +20,7 @@ PRIMARY = {
 }
 # Shared groups that only another command reads, and that command's primary config.
 # (conf/<command>/<group>/ is that command's own: finetune's freeze and mitigation, ...)
-PRIMARY_FOR_GROUP = {"kb": "score", "decoding": "generate"}
+PRIMARY_FOR_GROUP = {"kb": "score", "decoding": "generate", "detector": "generate"}
 # The values a data file leaves to the user.
 REQUIRED_FOR_FILE = {
     "pretrain/data/text.yaml": ["data.train=[some.txt]"],
