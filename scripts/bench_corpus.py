@@ -173,9 +173,10 @@ def main() -> None:
             write_corpus(text, tokens_per_copy, parse_size(size), text_file)
             sides = SIDES if parse_size(size) <= parse_size(args.reference_max) else SIDES[:1]
             results = {side: measure(side, text_file, tokenizer_dir, Path(tmp) / size / side, args.workers) for side in sides}
-            same = "reference" in results and same_ids(Path(tmp) / size / "halluc", Path(tmp) / size / "reference" / "train.bin")
+            reference_bin = Path(tmp) / size / "reference" / "train.bin"
+            same = same_ids(Path(tmp) / size / "halluc", reference_bin) if "reference" in results else None
             rows.append((size, results, same))
-            console.print(f"{size}: {results} same ids: {same}", highlight=False)
+            console.print(f"{size}: {results}" + ("" if same is None else f" same ids: {same}"), highlight=False)
             shutil.rmtree(Path(tmp) / size)
             text_file.unlink()
 
