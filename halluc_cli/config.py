@@ -465,11 +465,21 @@ class LoggersConfig:
 
 
 @dataclass
+class PrepareConfig:
+    """How pretrain turns the corpus into token files (`halluc_cli.data.tokens`); the ids are
+    the same whatever these are, so a resumed run may change them."""
+
+    num_workers: Optional[int] = positive(None)  # processes that tokenize; None: the machine's cores, at most 8
+    shard_lines: int = positive(100_000)  # lines a shard: the unit a worker takes, and a rerun after a kill keeps
+
+
+@dataclass
 class PretrainConfig:
     """`halluc pretrain`: train a language model from scratch on a corpus."""
 
     model: Any = MISSING
     data: Any = MISSING
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggersConfig = field(default_factory=LoggersConfig)  # conf/logger/: where metrics go besides metrics.jsonl

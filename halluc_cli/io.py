@@ -11,8 +11,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -51,13 +49,6 @@ def atomic_write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8", newline="\n") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    """Save `array` as `.npy` atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array)
 
 
 @contextmanager

@@ -36,6 +36,7 @@ def _one_line_and_nothing_written(result, run_dir: Path, *phrases: str) -> None:
         (["model.dropout=2"], "model.dropout=2.0 is out of range: it must be in [0, 1)"),
         (["model.hidden_dim=0"], "model.hidden_dim=0 is out of range"),
         (["model.num_layers=0"], "model.num_layers=0 is out of range"),
+        (["prepare.num_workers=0"], "prepare.num_workers=0 is out of range: it must be at least 1"),
         (["data.unknown_label=IDK"], "Invalid value 'IDK', expected one of [answer, idk]"),
         (["train.schedule=linear"], "expected one of [cosine, step, constant]"),
         (["experiment=huge"], "Could not find 'experiment/huge'; Available options in 'experiment':"),

@@ -14,9 +14,11 @@ from transformers import PreTrainedTokenizerBase
 
 from halluc_cli.commands.common import checkpoint_to_resume, describe_model, start_run
 from halluc_cli.console import print_table
-from halluc_cli.data.corpus import load_corpus, load_token_arrays, tokenize_corpus
+from halluc_cli.data.corpus import load_corpus
 from halluc_cli.data.kbqa import save_split
+from halluc_cli.data.lines import Lines
 from halluc_cli.data.tokenizer import check_coverage, load_tokenizer, train_tokenizer
+from halluc_cli.data.tokens import load_token_arrays, tokenize_corpus
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
 from halluc_cli.models import FAMILIES, LanguageModel, build_model, load_model
@@ -87,14 +89,14 @@ def _prepare_data(cfg: DictConfig, tokens_dir: Path) -> None:
         tokenizer, corpus.required_lines,
         "pretrain with model.tokenizer.kind=bpe, or with a tokenizer whose vocabulary has these words",
     )
-    tokenize_corpus(corpus.splits, tokenizer, tokens_dir)
+    tokenize_corpus(corpus.splits, tokenizer, tokens_dir, cfg.prepare.num_workers, cfg.prepare.shard_lines)
     tokenizer.save_pretrained(tokens_dir)
 
 
 def _new_tokenizer(
-    model_cfg: DictConfig, train_lines: list[str], required_lines: list[str]
+    model_cfg: DictConfig, train_lines: Lines, required_lines: list[str]
 ) -> PreTrainedTokenizerBase:
-    """A pretrained model's tokenizer, or a fresh one learned on the corpus."""
+    """A pretrained model's tokenizer, or a fresh one learned on the corpus (read as it is learned)."""
     if model_cfg.get("pretrained"):
         return load_tokenizer(model_cfg.pretrained)
     return train_tokenizer(train_lines, model_cfg.tokenizer, required_lines)

@@ -1,8 +1,8 @@
-"""Text corpora: local files or a Hugging Face dataset, loaded through `datasets`.
+"""Text corpora: local files, a Hugging Face dataset, or facts rendered from a KB.
 
-A corpus is three splits of text lines. Tokenized, each split becomes one int32 array of
-token ids saved as `.npy` in the run dir and memory-mapped back, so a large corpus costs
-4 bytes a token rather than a Python object each, and a resumed run reads the very same ids.
+A corpus is three splits of text lines, each a `Lines` range read on demand (files by byte
+ranges, a hub dataset from its memory-mapped Arrow table), so no corpus has to fit in memory.
+`halluc_cli.data.tokens` turns them into token files.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import numpy as np
-from transformers import PreTrainedTokenizerBase
-
 from omegaconf import OmegaConf
 
 from halluc_cli.config import CorpusConfig, KBQAConfig
 from halluc_cli.data.kbqa import render_corpus
-from halluc_cli.data.tokenizer import encode_lines
+from halluc_cli.data.lines import LineList, Lines, TableColumn, TextFiles
 from halluc_cli.errors import UserError
-from halluc_cli.io import atomic_save_npy
 
 SPLITS = ("train", "valid", "test")
 
@@ -30,7 +26,7 @@ SPLITS = ("train", "valid", "test")
 class Corpus:
     """Text lines per split, plus what a knowledge-controlled corpus adds."""
 
-    splits: dict[str, list[str]]
+    splits: dict[str, Lines]
     # Lines whose every word the tokenizer must cover besides the training text (a KB's
     # names and templates, see kbqa.render_corpus).
     required_lines: list[str] = field(default_factory=list)
@@ -41,13 +37,13 @@ class Corpus:
 def load_corpus(cfg: CorpusConfig | KBQAConfig) -> Corpus:
     """The corpus `cfg` describes: text files, a hub dataset, or facts rendered from a KB."""
     if OmegaConf.get_type(cfg) is KBQAConfig:
-        general = _load_files(CorpusConfig(train=list(cfg.general_text)))["train"] if cfg.general_text else []
+        general = list(_load_files(CorpusConfig(train=list(cfg.general_text)))["train"]) if cfg.general_text else []
         splits, required_lines, kb_split = render_corpus(cfg, general)
-        return Corpus(splits, required_lines, kb_split)
+        return Corpus({split: Lines.of(LineList(lines)) for split, lines in splits.items()}, required_lines, kb_split)
     return Corpus(load_text(cfg))
 
 
-def load_text(cfg: CorpusConfig) -> dict[str, list[str]]:
+def load_text(cfg: CorpusConfig) -> dict[str, Lines]:
     """Lines of text per split (train, valid, test), held out from train where not given."""
     if bool(cfg.train) == bool(cfg.hf_dataset):
         raise UserError("set exactly one of data.train (local text files) or data.hf_dataset (a hub dataset)")
@@ -58,16 +54,15 @@ def load_text(cfg: CorpusConfig) -> dict[str, list[str]]:
     return splits
 
 
-def _load_files(cfg: CorpusConfig) -> dict[str, list[str]]:
+def _load_files(cfg: CorpusConfig) -> dict[str, Lines]:
     files = {"train": _expand(cfg.train), "valid": _expand(cfg.valid), "test": _expand(cfg.test)}
     if len(files["train"]) == 1 and Path(files["train"][0]).is_dir():
         files = _split_dir(Path(files["train"][0]))
-    given = {split: paths for split, paths in files.items() if paths}
-    empty = [path for paths in given.values() for path in paths if Path(path).stat().st_size == 0]
+    empty = [path for paths in files.values() for path in paths if Path(path).stat().st_size == 0]
     if empty:
         raise UserError(f"corpus file is empty: {empty[0]}; point data.train / data.valid / data.test at text")
-    loaded = datasets.load_dataset("text", data_files=given, keep_in_memory=True)
-    return {split: list(loaded[split]["text"]) if split in loaded else [] for split in SPLITS}
+    # Read as the `datasets` "text" loader reads them (lines.TextFiles), without a copy in memory.
+    return {split: Lines.of(TextFiles(files[split])) for split in SPLITS}
 
 
 def _expand(patterns: list[str]) -> list[str]:
@@ -88,7 +83,7 @@ def _split_dir(directory: Path) -> dict[str, list[str]]:
     return {split: [str(path)] if path.is_file() else [] for split, path in files.items()}
 
 
-def _load_hub(cfg: CorpusConfig) -> dict[str, list[str]]:
+def _load_hub(cfg: CorpusConfig) -> dict[str, Lines]:
     try:
         loaded = datasets.load_dataset(cfg.hf_dataset, cfg.hf_config)
     except Exception as error:  # offline, unknown name, missing config: all the user's to fix
@@ -98,11 +93,12 @@ def _load_hub(cfg: CorpusConfig) -> dict[str, list[str]]:
         ) from error
     names = {"train": "train", "valid": "validation", "test": "test"}
     return {
-        split: list(loaded[name][cfg.text_column]) if name in loaded else [] for split, name in names.items()
+        split: Lines.of(TableColumn(loaded[name], cfg.text_column) if name in loaded else LineList([]))
+        for split, name in names.items()
     }
 
 
-def _hold_out(splits: dict[str, list[str]], fraction: float) -> dict[str, list[str]]:
+def _hold_out(splits: dict[str, Lines], fraction: float) -> dict[str, Lines]:
     """Carve missing valid/test splits off the end of train, each `fraction` of its lines."""
     if splits["valid"] and splits["test"]:
         return splits
@@ -114,17 +110,3 @@ def _hold_out(splits: dict[str, list[str]], fraction: float) -> dict[str, list[s
     splits["train"] = train
     return splits
 
-
-def tokenize_corpus(
-    splits: dict[str, list[str]], tokenizer: PreTrainedTokenizerBase, directory: Path
-) -> dict[str, np.ndarray]:
-    """Encode each split, save it as `<split>.npy` in `directory`, return memory maps of them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for split, lines in splits.items():
-        atomic_save_npy(directory / f"{split}.npy", encode_lines(tokenizer, lines))
-    return load_token_arrays(directory)
-
-
-def load_token_arrays(directory: Path) -> dict[str, np.ndarray]:
-    """The token arrays a run saved, memory-mapped."""
-    return {split: np.load(directory / f"{split}.npy", mmap_mode="r") for split in SPLITS}

@@ -6,6 +6,7 @@ with `AutoTokenizer.from_pretrained(checkpoint_dir)` like any Hugging Face one.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -116,19 +117,24 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 def encode_lines(tokenizer: PreTrainedTokenizerBase, lines: Iterable[str], chunk: int = 10_000) -> np.ndarray:
     """Token ids of every line followed by end-of-sequence, as one compact int32 array."""
-    eos = np.array([tokenizer.eos_token_id], dtype=np.int32)
-    pieces: list[np.ndarray] = []
-    for batch in _chunks(lines, chunk):
-        for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-            pieces.append(np.asarray(ids, dtype=np.int32))
-            pieces.append(eos)
+    pieces = [encode_batch(tokenizer, batch, np.dtype(np.int32)) for batch in batched(lines, chunk)]
     return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
 
-def _chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+def encode_batch(tokenizer: PreTrainedTokenizerBase, lines: list[str], dtype: np.dtype) -> np.ndarray:
+    """Token ids of `lines`, each followed by end-of-sequence, as one flat array of `dtype`."""
+    # Only the ids: the attention mask and token types would cost a Python list a line each.
+    ids = tokenizer(lines, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return np.insert(flat, np.cumsum(lengths), tokenizer.eos_token_id)
+
+
+def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    """`items` in lists of `size` (the last one shorter)."""
     batch: list[str] = []
-    for line in lines:
-        batch.append(line)
+    for item in items:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
