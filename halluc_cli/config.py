@@ -709,6 +709,11 @@ class ScoreConfig:
     task: str = "qa"  # qa | classification (prediction vs label) | freetext (FActScore of claims)
     abstain_phrase: str = "I don't know"
     kb: KBConfig = field(default_factory=KBConfig)
+    # The share of the KB's subjects the verifier may consult (kb_verify, abstain_uncertain's
+    # kb_first and beside_kb), drawn by kb_coverage_seed: below 1, a partial KB, as a real one
+    # is; the facts of the other subjects are unverifiable (they still judge right answers).
+    kb_coverage: float = bounded(1.0, 0.0, 1.0, low_open=True)
+    kb_coverage_seed: int = 0
     mitigation: Any = MISSING
 
 

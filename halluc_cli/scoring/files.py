@@ -8,12 +8,13 @@ and 95% interval over the files (seeds).
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from halluc_cli.data.kb import load_kb
+from halluc_cli.data.kb import KnowledgeBase, load_kb
 from halluc_cli.scoring.detection import judge_detectors, risk_coverage_curves
 from halluc_cli.scoring.selective import select_answers, selection_summary
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, is_right, kb_aliases, score_predictions
@@ -21,8 +22,18 @@ from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
 
 def kb_verifier(cfg: DictConfig) -> KBVerifier:
-    """The verifier of `kb=`: its facts and the templates that locate a question's fact."""
-    return KBVerifier(load_kb(cfg.kb.path), OmegaConf.to_container(cfg.kb.relations), cfg.abstain_phrase)
+    """The verifier of `kb=`: its facts, the templates that locate a question's fact, and the
+    subjects it may consult (`kb_coverage`)."""
+    kb = load_kb(cfg.kb.path)
+    covered = covered_subjects(kb, cfg.kb_coverage, cfg.kb_coverage_seed) if cfg.kb_coverage < 1 else None
+    return KBVerifier(kb, OmegaConf.to_container(cfg.kb.relations), cfg.abstain_phrase, covered)
+
+
+def covered_subjects(kb: KnowledgeBase, coverage: float, seed: int) -> frozenset[str]:
+    """`coverage` of the KB's subjects (rounded, at least one), drawn by `seed`."""
+    subjects = sorted({fact.subject for fact in kb.facts})
+    count = max(1, round(coverage * len(subjects)))
+    return frozenset(random.Random(seed).sample(subjects, count))
 
 
 def score_file(

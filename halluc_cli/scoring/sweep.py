@@ -41,7 +41,7 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
     sweep = aggregate.gather(cfg.runs)
     if cfg.mitigation.name == "kb_verify":
         policy = str(cfg.mitigation.policy)
-        sweep = aggregate.with_verified_runs(sweep, {_verify_label(policy): _eval_point_verifier(cfg, policy)})
+        sweep = aggregate.with_verified_runs(sweep, {_verify_label(cfg, policy): _eval_point_verifier(cfg, policy)})
     elif cfg.mitigation.name == "abstain_uncertain":
         sweep = aggregate.with_verified_runs(sweep, _selective_mitigations(cfg))
     for path, why in sweep.skipped:
@@ -72,8 +72,9 @@ def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> Path:
     return write_report(run_dir / SWEEP_REPORT_FILE, sweep, summary, effects, plots)
 
 
-def _verify_label(policy: Any) -> str:
-    return f"kb_verify({policy})"
+def _verify_label(cfg: DictConfig, policy: Any) -> str:
+    coverage = f",kb_coverage={cfg.kb_coverage:g}" if cfg.kb_coverage < 1 else ""
+    return f"kb_verify({policy}{coverage})"
 
 
 def _selective_mitigations(cfg: DictConfig) -> dict[str, Callable[[Path], dict[str, Any]]]:
@@ -84,10 +85,11 @@ def _selective_mitigations(cfg: DictConfig) -> dict[str, Callable[[Path], dict[s
     variants = [rule.kb_first] if not rule.beside_kb else [False, True]
     mitigations = {}
     for kb_first in variants:
-        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{',kb_first' if kb_first else ''})"
+        kb = f",kb_first{f',kb_coverage={cfg.kb_coverage:g}' if cfg.kb_coverage < 1 else ''}" if kb_first else ""
+        label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{kb})"
         mitigations[label] = _eval_point_selector(cfg, kb_first)
     if rule.beside_kb:
-        mitigations = {_verify_label("abstain"): _eval_point_verifier(cfg, "abstain"), **mitigations}
+        mitigations = {_verify_label(cfg, "abstain"): _eval_point_verifier(cfg, "abstain"), **mitigations}
     return mitigations
 
 

@@ -88,7 +88,8 @@ class KBVerifier:
     """Checks predictions and free-text claims against a knowledge base.
 
     `templates` maps each relation to its `questions` and `statements` (`cfg.kb.relations`);
-    questions need `{subject}`, statements `{subject}` and `{object}`.
+    questions need `{subject}`, statements `{subject}` and `{object}`. `covered`: the subjects
+    it may consult (None: all); a fact of another subject is unverifiable, as in a partial KB.
     """
 
     def __init__(
@@ -96,9 +97,11 @@ class KBVerifier:
         kb: KnowledgeBase,
         templates: Mapping[str, Mapping[str, Sequence[str]]],
         abstain_phrase: str = "I don't know",
+        covered: frozenset[str] | None = None,
     ):
         self.kb = kb
         self.abstain_phrase = abstain_phrase
+        self.covered = covered
         self._questions = [
             (relation, compile_template(question))
             for relation, forms in templates.items()
@@ -115,7 +118,7 @@ class KBVerifier:
     def check(self, subject: str, relation: str, answer: str) -> Verdict:
         """The KB's verdict on `answer` as the object of (subject, relation)."""
         facts = self.kb.lookup(subject, relation)
-        if not facts:
+        if not facts or (self.covered is not None and subject not in self.covered):
             return Verdict(UNVERIFIABLE)
         accepted = {normalize_text(form) for fact in facts for form in fact.surface_forms}
         status = SUPPORTED if normalize_text(answer) in accepted else CONTRADICTED

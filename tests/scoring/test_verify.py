@@ -172,3 +172,15 @@ def test_claim_policies_rewrite_the_response_not_its_prompt(verifier: KBVerifier
     records = [{"id": 1, "prompt": "The capital of France is", "prediction": "Lyon . France is in Europe."}]
     assert verifier.apply_claim_policy(records, "correct")[0]["prediction"] == "Paris . France is in Europe."
     assert verifier.apply_claim_policy(records, "abstain")[0]["prediction"] == "France is in Europe."
+
+
+def test_a_partial_kb_leaves_the_subjects_it_lacks_unverifiable() -> None:
+    from halluc_cli.scoring.files import covered_subjects
+
+    covered = covered_subjects(KB, 0.5, seed=0)
+    assert len(covered) == 2 and covered == covered_subjects(KB, 0.5, seed=0)  # 2 of 4 subjects, drawn alike
+    partial = KBVerifier(KB, TEMPLATES, ABSTAIN, covered)
+    for subject in ("France", "Brazil", "Singapore", "Lyon"):
+        fact = KB.facts[[f.subject for f in KB.facts].index(subject)]
+        verdict = partial.check(subject, fact.relation, "Nowhere")
+        assert verdict.status == ("contradicted" if subject in covered else "unverifiable")
