@@ -123,14 +123,16 @@ def test_finetune_writes_the_ledger(knowing_run, tmp_path: Path) -> None:
         assert {f"{point}_ledger_{name}" for name in SHARES} <= set(summary)
         assert summary[f"{point}_ledger_never_stored"] == 0.0
 
-    # score runs= gathers the shares as columns
+    # score runs= gathers the shares as columns, and plots them
     out = tmp_path / "score"
     result = run_cli("score", f"runs={tmp_path}", f"hydra.run.dir={out}")
     assert result.exit_code == 0, result.stderr + result.stdout
     rows = list(csv.DictReader((out / "summary.csv").open()))
     final = next(row for row in rows if row["eval"] == "final")
     assert float(final["ledger_never_stored_mean"]) == 0.0
-    assert float(final["ledger_spill_over_mean"]) == summary["final_ledger_spill_over"]
+    assert float(final["ledger_spill_over_mean"]) == pytest.approx(summary["final_ledger_spill_over"])
+    assert (out / "ledger_vs_unknown_fraction.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ledger_vs_unknown_fraction.png" in (out / "report.md").read_text()
 
 
 def test_a_killed_run_resumes_to_the_same_ledger(transformer_run: Path, tmp_path: Path) -> None:
