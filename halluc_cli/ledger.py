@@ -137,7 +137,9 @@ class Ledger:
     confidence: float
     aliases: dict[str, set[str]] | None
 
-    def write(self, out_dir: Path, predictions: Sequence[Mapping[str, Any]], after: Sequence[Completion]) -> dict[str, Any]:
+    def write(
+        self, out_dir: Path, predictions: Sequence[Mapping[str, Any]], after: Sequence[Completion]
+    ) -> dict[str, float | int]:
         """Write out_dir/ledger.jsonl and return its shares (`ledger_shares`), for scores.json."""
         records = ledger_records(predictions, self.before, after, self.taught, self.confidence, self.aliases)
         atomic_write_jsonl(out_dir / LEDGER_FILE, records)

@@ -15,7 +15,15 @@ from cli_helpers import TINY, assert_one_line_error, run_cli, run_killed_at_step
 from halluc_cli.config import ProbeConfig
 from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
-from halluc_cli.ledger import KNOWN_CATEGORIES, SHARES, UNKNOWN_CATEGORIES, classify, ledger_records, ledger_shares, taught_objects
+from halluc_cli.ledger import (
+    KNOWN_CATEGORIES,
+    SHARES,
+    UNKNOWN_CATEGORIES,
+    classify,
+    ledger_records,
+    ledger_shares,
+    taught_objects,
+)
 from halluc_cli.models import load_model
 from halluc_cli.probe import Completion, ModelAnswerer, cloze_templates, complete_statements
 

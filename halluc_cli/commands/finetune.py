@@ -289,9 +289,8 @@ def run(cfg: DictConfig) -> None:
     accelerator.free_memory()  # it holds the prepared model and optimizer too
     if cfg.eval_after and accelerator.is_main_process:
         trained_sets = {**qa_sets, "finetune": finetune_set}  # mitigation=clean: the set it cleaned
-        summary.update(
-            evaluate_tests(cfg, run_dir, kind, trained_sets, tokenizer, accelerator.device, load_dtype(accelerator, False))
-        )
+        dtype = load_dtype(accelerator, False)
+        summary.update(evaluate_tests(cfg, run_dir, kind, trained_sets, tokenizer, accelerator.device, dtype))
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
         _print_result(cfg, f"finetune {family}, freeze={cfg.freeze.name}: {run_dir}", summary, run_dir)
@@ -372,8 +371,8 @@ def evaluate_tests(
                 print_warning(failed)
         scores, rates = score(records)
         if ledger is not None:
-            scores["ledger"] = ledger.write(out_dir, records, after)
-            rates.update({f"ledger_{name}": scores["ledger"][name] for name in LEDGER_SHARES if name in scores["ledger"]})
+            shares = scores["ledger"] = ledger.write(out_dir, records, after)
+            rates.update({f"ledger_{name}": shares[name] for name in LEDGER_SHARES if name in shares})
         atomic_write_jsonl(out_dir / rundir.VALID_PREDICTIONS_FILE, valid_records)
         atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / rundir.SCORES_FILE, scores)
