@@ -607,6 +607,12 @@ class FinetuneConfig:
     # After training: answer the test sets with the best (early-stopping point) and the
     # final weights and score them, so each run dir carries its scores (sweeps need no script).
     eval_after: bool = True
+    # With eval_after and data=kbqa: the forgetting ledger (halluc_cli/ledger.py), each held-out
+    # fact asked as a statement before and after fine-tuning beside its QA answer.
+    ledger: bool = False
+    # A wrong QA answer counts as confident (ledger: confident_wrong) when its tokens' geometric-mean
+    # probability, exp(-neg_mean_logprob), is at least this.
+    ledger_confidence: float = fraction(0.5)
     decoding: Any = MISSING  # conf/decoding/: greedy | sample, a schema each
     detector: Any = MISSING  # conf/detector/: none | hidden_probe (trained on the validation answers)
     device: DeviceConfig = field(default_factory=DeviceConfig)

@@ -2,7 +2,8 @@
 
 `build_probes` makes each example's prompts, `gold_answers` what counts as right,
 `slick_categories` asks a model (an `Answerer`, e.g. `ModelAnswerer`) and sorts each fact
-into a category. `data.known_from=probe` builds the QA sets from the categories
+into a category; `complete_statements` asks each fact once, as the cloze of one statement
+template (the forgetting ledger, `ledger.py`). `data.known_from=probe` builds the QA sets from the categories
 (`data/categories.py`); `mitigation=clean` drops or relabels the unknown examples
 (`mitigation/clean.py`). The settings are `ProbeConfig` (`cfg.probe`).
 
@@ -30,7 +31,7 @@ import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from halluc_cli.config import SLICK_CATEGORIES, ProbeConfig, ProbePrompts, SampleDecodingConfig
+from halluc_cli.config import SLICK_CATEGORIES, DecodingConfig, ProbeConfig, ProbePrompts, SampleDecodingConfig
 from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.qa import QAExample, abstains, fact_key
 from halluc_cli.data.tokenizer import prompt_ids
@@ -110,6 +111,12 @@ class ModelAnswerer:
         )
         decoder = Decoder(self.model.to(self.device), self.tokenizer, sample, self.device, self.seed)
         return [Answers(first, rest) for first, *rest in decoder.generate_with_greedy(self._texts(prompts))]
+
+    def greedy(self, prompts: list[str]) -> list[str]:
+        """Each prompt's greedy answer alone, without samples (statement completion)."""
+        greedy = DecodingConfig(max_new_tokens=self.cfg.max_new_tokens, batch_size=self.cfg.batch_size)
+        decoder = Decoder(self.model.to(self.device), self.tokenizer, greedy, self.device, self.seed)
+        return [first for first, in decoder.generate(self._texts(prompts))]
 
     def _texts(self, prompts: list[str]) -> list[str]:
         # Each prompt starts as a line of the pretraining text does: after the token that
@@ -192,15 +199,57 @@ def statement_prompts(example: QAExample, statements: Sequence[str]) -> list[Pro
     """Cloze prompts: each statement template that names the subject before an object that
     ends the sentence, cut before the object ("The capital of {subject} is {object}.")."""
     prompts = []
-    for template in statements:
-        head, marker, tail = template.partition(_OBJECT)
-        if not marker or _SUBJECT not in head or any(char.isalnum() for char in tail):
-            continue
+    for template in filter(is_cloze, statements):
+        head, _, tail = template.partition(_OBJECT)
         text = head.replace(_SUBJECT, example.subject).rstrip()
         prompt = ProbePrompt(text, tail.strip())
         if prompt not in prompts:
             prompts.append(prompt)
     return prompts
+
+
+def is_cloze(template: str) -> bool:
+    """Whether a statement template can be asked as a cloze: {subject} before an {object} that
+    ends the sentence."""
+    head, marker, tail = template.partition(_OBJECT)
+    return bool(marker) and _SUBJECT in head and not any(char.isalnum() for char in tail)
+
+
+def cloze_templates(statements: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """relation -> its first statement template that `is_cloze`; a relation without one is a
+    UserError (its facts cannot be asked in the pretraining format)."""
+    chosen = {}
+    for relation, templates in statements.items():
+        found = next(filter(is_cloze, templates), None)
+        if found is None:
+            raise UserError(
+                f"relation {relation!r} has no statement template with {{subject}} before an {{object}} that "
+                "ends it, so its facts cannot be asked as statements; add one under kb.relations"
+            )
+        chosen[relation] = found
+    return chosen
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A statement completed by a model: its answer (cut at the template's stop) and whether it is right."""
+
+    answer: str
+    right: bool
+
+
+def complete_statements(
+    answerer: ModelAnswerer, examples: Sequence[QAExample], templates: Mapping[str, str]
+) -> list[Completion]:
+    """Each example's fact asked as the cloze of its relation's template (`cloze_templates`:
+    "The capital of France is"), answered greedily and judged as the probe judges (its answer
+    and aliases): storage as the pretraining format shows it, apart from QA extraction."""
+    prompts = [statement_prompts(example, [templates[example.relation]])[0] for example in examples]
+    answers = answerer.greedy([prompt.text for prompt in prompts])
+    return [
+        Completion(answer_part(answer, prompt.stop), _judge(answer, prompt.stop, [example.answer, *example.aliases]))
+        for example, prompt, answer in zip(examples, prompts, answers)
+    ]
 
 
 def question_prompts(

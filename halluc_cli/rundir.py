@@ -54,6 +54,7 @@ EVAL_DIR = "eval"  # eval/<point>/: the test answers of one set of weights and t
 # end of training.
 EVAL_WEIGHTS = {"early_stop": BEST_DIR, "final": CHECKPOINT_DIR}
 EVAL_POINTS = tuple(EVAL_WEIGHTS)
+LEDGER_FILE = "ledger.jsonl"  # in eval/<point>/ (ledger=true): each held-out fact before and after fine-tuning
 
 # --- generate's and score's (and finetune's, in eval/<point>/)
 PREDICTIONS_FILE = "predictions.jsonl"  # one prediction record a line

@@ -29,8 +29,7 @@ from halluc_cli.data.kbqa import load_split
 from halluc_cli.data.qa import QAExample
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.models import load_model
-from halluc_cli.probe import ModelAnswerer, answer_part, statement_prompts
-from halluc_cli.scoring.metrics import is_correct
+from halluc_cli.probe import ModelAnswerer, cloze_templates, complete_statements
 
 
 def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]]:
@@ -40,21 +39,14 @@ def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]
     split = load_split(run_dir)
     subjects = set(split[side])
     facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in split["relations"]]
+    templates = cloze_templates({r: [cfg.data.kb.relations[r].statements[template]] for r in split["relations"]})
     model_dir = run_dir / "checkpoint"
-    answerer = ModelAnswerer(
-        load_model(model_dir), load_tokenizer(model_dir), ProbeConfig(num_samples=1), torch.device("cpu")
-    )
+    answerer = ModelAnswerer(load_model(model_dir), load_tokenizer(model_dir), ProbeConfig(), torch.device("cpu"))
+    examples = [QAExample("", "", f.object, list(f.aliases), f.subject, f.relation, True, "") for f in facts]
     asked, right = Counter(), Counter()
-    prompts, judged = [], []
-    for fact in facts:
-        statements = [cfg.data.kb.relations[fact.relation].statements[template]]
-        example = QAExample("", "", fact.object, list(fact.aliases), fact.subject, fact.relation, True, "")
-        for prompt in statement_prompts(example, statements):
-            prompts.append(prompt)
-            judged.append(fact)
-    for prompt, fact, answers in zip(prompts, judged, answerer.answer([p.text for p in prompts])):
-        asked[fact.relation] += 1
-        right[fact.relation] += is_correct(answer_part(answers.greedy, prompt.stop), list(fact.surface_forms))
+    for example, completion in zip(examples, complete_statements(answerer, examples, templates)):
+        asked[example.relation] += 1
+        right[example.relation] += completion.right
     return {relation: (right[relation], asked[relation]) for relation in sorted(asked)}
 
 

@@ -32,7 +32,7 @@ from halluc_cli.commands.common import (
 from halluc_cli.config import KBQAConfig, KnownFrom, LabelledConfig, QAFileConfig
 from halluc_cli.console import print_note, print_table, print_warning
 from halluc_cli.data.categories import category_sets, guessable_relations, kb_pool, read_user_qa_file
-from halluc_cli.data.kb import load_kb
+from halluc_cli.data.kb import KnowledgeBase, load_kb
 from halluc_cli.data.kbqa import build_qa_sets, load_split
 from halluc_cli.data.labelled import build_labelled_sets, check_label_words
 from halluc_cli.data.qa import QAExample, format_prompt, qa_format, read_qa_file, write_qa_sets
@@ -41,6 +41,7 @@ from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.hidden_probe import PROBE_FILE, train_and_score
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
+from halluc_cli.ledger import SHARES as LEDGER_SHARES, Ledger, taught_objects
 from halluc_cli.scoring.detection import judge_detectors
 from halluc_cli.scoring.metrics import classification_metrics, kb_aliases, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
@@ -50,9 +51,12 @@ from halluc_cli.predictions import decode_answers, prediction_records
 from halluc_cli.uncertainty import answer_meaning
 from halluc_cli.probe import (
     CATEGORIES,
+    Completion,
     ModelAnswerer,
     ProbePrompt,
     build_probes,
+    cloze_templates,
+    complete_statements,
     knowledge_records,
     model_identity,
     probe_pool,
@@ -208,6 +212,7 @@ def run(cfg: DictConfig) -> None:
     check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
     check_trackers(cfg.logger)
     kind = finetune_data(cfg)
+    _check_ledger(cfg)
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
     source = resolve_model(cfg.ckpt)
     # What can be checked without the weights is, before the run dir gets anything: the facts
@@ -283,9 +288,9 @@ def run(cfg: DictConfig) -> None:
     del trainer, model, freeze, context
     accelerator.free_memory()  # it holds the prepared model and optimizer too
     if cfg.eval_after and accelerator.is_main_process:
-        summary.update(
-            evaluate_tests(cfg, run_dir, kind, qa_sets, tokenizer, accelerator.device, load_dtype(accelerator, False))
-        )
+        trained_sets = {**qa_sets, "finetune": finetune_set}  # mitigation=clean: the set it cleaned
+        dtype = load_dtype(accelerator, False)
+        summary.update(evaluate_tests(cfg, run_dir, kind, trained_sets, tokenizer, accelerator.device, dtype))
     if accelerator.is_main_process:
         atomic_write_json(run_dir / rundir.SUMMARY_FILE, summary)
         _print_result(cfg, f"finetune {family}, freeze={cfg.freeze.name}: {run_dir}", summary, run_dir)
@@ -332,8 +337,9 @@ def evaluate_tests(
     the best weights, final: the last) with predictions.jsonl and scores.json, and
     valid_predictions.jsonl (the validation set's answers, for `halluc score
     mitigation=abstain_uncertain` to calibrate on); with detector=hidden_probe, the probe fitted
-    to the validation answers (hidden_probe.json), which scores the test answers. Returns the
-    headline rates for the summary.
+    to the validation answers (hidden_probe.json), which scores the test answers; with
+    ledger=true, the forgetting ledger of the test facts (ledger.jsonl, its shares in
+    scores.json). Returns the headline rates for the summary.
     """
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
@@ -342,6 +348,7 @@ def evaluate_tests(
     kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None
     meaning = answer_meaning(kb)  # groups the samples
     probe_layer = cfg.detector.layer if cfg.detector.name == "hidden_probe" else None
+    ledger = _ledger(cfg, qa_sets["finetune"], examples, kb, tokenizer, device, dtype) if cfg.ledger else None
     headline: dict[str, float] = {}
     for point, weights in rundir.EVAL_WEIGHTS.items():
         model_dir = complete_dir(run_dir / weights)
@@ -350,6 +357,7 @@ def evaluate_tests(
         model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed, hidden_layer=probe_layer)
         answers = decode_answers(decoder, asked, template)
+        after = _complete_statements(cfg, model, tokenizer, device, examples) if ledger is not None else []
         del decoder, model  # before the next point's weights load
         release_memory(device)
         records = prediction_records(asked, answers, abstain_phrase, meaning)
@@ -362,11 +370,61 @@ def evaluate_tests(
             if failed:
                 print_warning(failed)
         scores, rates = score(records)
+        if ledger is not None:
+            shares = scores["ledger"] = ledger.write(out_dir, records, after)
+            rates.update({f"ledger_{name}": shares[name] for name in LEDGER_SHARES if name in shares})
         atomic_write_jsonl(out_dir / rundir.VALID_PREDICTIONS_FILE, valid_records)
         atomic_write_jsonl(out_dir / rundir.PREDICTIONS_FILE, records)
         atomic_write_json(out_dir / rundir.SCORES_FILE, scores)
         headline.update({f"{point}_{name}": value for name, value in rates.items()})
     return headline
+
+
+def _check_ledger(cfg: DictConfig) -> None:
+    """ledger=true asks the test facts as KB statements beside eval_after's answers: it needs both."""
+    if not cfg.ledger:
+        return
+    if not cfg.eval_after:
+        raise UserError("ledger=true reads the test answers of eval_after; set eval_after=true or ledger=false")
+    if "kb" not in cfg.data:
+        raise UserError(f"ledger=true asks each fact as a KB statement; it needs data=kbqa, not data={cfg.data.name}")
+    _ledger_templates(cfg.data)
+
+
+def _ledger_templates(data: DictConfig) -> dict[str, str]:
+    """relation -> the statement template the ledger asks its facts in (the relations of data=kbqa)."""
+    relations = [relation for relation in data.relations or data.kb.relations if relation in data.kb.relations]
+    return cloze_templates({relation: list(data.kb.relations[relation].statements) for relation in relations})
+
+
+def _ledger(
+    cfg: DictConfig,
+    finetune_set: list[QAExample],
+    examples: list[QAExample],
+    kb: KnowledgeBase,
+    tokenizer: PreTrainedTokenizerBase,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Ledger:
+    """The ledger's part that no eval point changes: the test facts completed by the pretrained
+    weights (`ckpt`, loaded again: on resume the model in memory had trained) and the objects
+    the fine-tuning set taught through unknown examples."""
+    source = resolve_model(cfg.ckpt)
+    pretrained = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=dtype).to(device)
+    before = _complete_statements(cfg, pretrained, tokenizer, device, examples)
+    del pretrained
+    release_memory(device)
+    _, abstain_phrase = qa_format(cfg.data)
+    return Ledger(before, taught_objects(finetune_set, abstain_phrase), cfg.ledger_confidence, kb_aliases(kb))
+
+
+def _complete_statements(
+    cfg: DictConfig, model: LanguageModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+    examples: list[QAExample],
+) -> list[Completion]:
+    """Each example's fact as the cloze of its relation's statement template, answered greedily by `model`."""
+    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device)
+    return complete_statements(answerer, examples, _ledger_templates(cfg.data))
 
 
 def _check_detector(detector: DictConfig, model_dir: str) -> None:

@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from halluc_cli.config import SLICK_CATEGORIES
 from halluc_cli.errors import UserError
+from halluc_cli.ledger import SHARES as LEDGER_SHARES
 from halluc_cli.uncertainty import ESTIMATORS
 from halluc_cli.io import atomic_path, complete_dir
 from halluc_cli.models.base import FAMILY_FILE
@@ -103,6 +104,9 @@ METRICS: dict[str, Metric] = {
         for category in SLICK_CATEGORIES
         for rate in ("accuracy", "hallucination_rate")
     },
+    # finetune ledger=true (halluc_cli/ledger.py): each category's share of the held-out known
+    # (unknown) facts, and the spill-over rate over all of them
+    **{f"ledger_{name}": Metric(("ledger", name)) for name in LEDGER_SHARES},
     # each uncertainty score as a detector (scoring/detection.py): of wrong vs right answers,
     # and of unknown-fact vs known-fact questions
     **{

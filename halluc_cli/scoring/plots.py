@@ -10,6 +10,9 @@
   are fitted, a panel per unknown fraction.
 - freeze_strategies.png: accuracy, hallucination rate, trainable parameters and time per
   freeze strategy, among runs that differ in nothing else.
+- ledger_vs_unknown_fraction.png (runs of `finetune ledger=true`): the held-out known facts
+  by forgetting-ledger category (retained, stored but not extracted, confidently wrong, lost,
+  never stored), stacked shares vs the unknown fraction, a panel per eval point.
 And of scored predictions (`halluc score predictions=...`, `plot_risk_coverage`):
 - risk_coverage.png: the hallucination rate among the answers given vs the share given, when
   only the answers an uncertainty score is surest of are given, a line per score, and the KB
@@ -30,6 +33,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from halluc_cli.scoring.aggregate import (
     Group,
@@ -69,6 +73,8 @@ def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
             notes.append("freeze_strategies.png: no two freeze strategies were run with otherwise equal settings")
         else:
             paths.append(path)
+    ledger = plot_ledger(sweep.groups, varying, out_dir / "ledger_vs_unknown_fraction.png", sweep.names)
+    paths += [ledger] if ledger is not None else []  # opt-in (ledger=true): no note when absent
     return paths, notes
 
 
@@ -296,6 +302,63 @@ def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path, 
                     + (f"\n{fixed}" if fixed else ""))
     if len(families) > 1:  # one family: the subtitle already names its settings
         figure.legend(loc="outside lower center", ncol=min(len(families), 3), fontsize="small")
+    return _save(figure, path)
+
+
+# --- 4. the forgetting ledger ----------------------------------------------------------------
+
+# (metric, legend) from the bottom of a bar up: what fine-tuning kept, then how the rest was missed
+_LEDGER_STACK = (
+    ("ledger_retained", "retained"),
+    ("ledger_stored_not_extracted", "stored, not extracted"),
+    ("ledger_confident_wrong", "stored, confidently wrong"),
+    ("ledger_lost", "lost (storage)"),
+    ("ledger_never_stored", "never stored"),
+)
+_HATCHES = ("", "//", "..", "xx", "\\\\", "--")  # a bar's family (the other varying choices), when several
+
+
+def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iterable[str]) -> Path | None:
+    """Stacked mean shares of the held-out known facts by ledger category vs the unknown
+    fraction, a panel per eval point, a hatch per setting of the other varying choices; None
+    when no run kept a ledger."""
+    groups = [group for group in groups if is_number(group.choices["unknown_fraction"])]
+    points = [point for point in POINT_STYLE if any(group_stats(group, point)["ledger_lost"] for group in groups)]
+    if not points:
+        return None
+    others = [name for name in varying if name != "unknown_fraction"]
+    label = lambda group: describe(group.choices, others) or "all runs"  # noqa: E731
+    labels = list(dict.fromkeys(label(group) for group in sorted(groups, key=lambda g: sort_key(g.choices, others))))
+    fractions = sorted({group.choices["unknown_fraction"] for group in groups})
+    width = 0.8 / len(labels)
+    colors = _colors(len(_LEDGER_STACK))
+    figure = Figure(figsize=(max(5.2, 1.1 * len(fractions) * len(labels)) * len(points), 4.8), layout="constrained")
+    axes = figure.subplots(1, len(points), sharey=True, squeeze=False)[0]
+    for ax, point in zip(axes, points):
+        for group in groups:
+            stats = group_stats(group, point)
+            index = labels.index(label(group))
+            x = fractions.index(group.choices["unknown_fraction"]) - 0.4 + width * (index + 0.5)
+            bottom = 0.0
+            for (metric, _), color in zip(_LEDGER_STACK, colors):
+                height = stats[metric]["mean"] if stats[metric] else 0.0
+                ax.bar(x, height, width * 0.92, bottom=bottom, color=color, hatch=_HATCHES[index % len(_HATCHES)],
+                       edgecolor="white")
+                bottom += height
+        ax.set_title(POINT_NAME[point])
+        ax.set_xticks(range(len(fractions)), [f"{fraction:g}" for fraction in fractions])
+        ax.set_xlabel(_X_AXES["unknown_fraction"][0])
+        ax.set_ylim(0, 1.03)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("share of held-out known facts")
+    handles = [Patch(color=color, label=name) for (_, name), color in zip(_LEDGER_STACK, colors)]
+    if len(labels) > 1:
+        handles += [Patch(facecolor="lightgray", hatch=_HATCHES[i % len(_HATCHES)], label=text)
+                    for i, text in enumerate(labels)]
+    fixed = _fixed(groups, "unknown_fraction", names)
+    figure.suptitle("Forgetting ledger: held-out known facts after fine-tuning (mean over seeds)"
+                    + (f"\n{fixed}" if fixed else ""))
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize="small")
     return _save(figure, path)
 
 
