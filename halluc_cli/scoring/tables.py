@@ -148,7 +148,6 @@ _QA_COLUMNS = {
     "abstention_rate": "abstention",
     "hallucination_rate": "halluc./all",
     "hallucination_rate_answered": "halluc./answered",
-    "answered_accuracy": "acc./answered",
 }
 
 
