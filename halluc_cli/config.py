@@ -618,7 +618,9 @@ class FinetuneConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logger: LoggersConfig = field(default_factory=LoggersConfig)  # conf/logger/: where metrics go besides metrics.jsonl
-    mitigation: Any = MISSING  # conf/finetune/mitigation/: none | clean (data cleaning before training)
+    # conf/finetune/mitigation/: none | clean (data cleaning before training) | distill
+    # (self-distillation to the starting model) | replay (pretraining text in every batch)
+    mitigation: Any = MISSING
     probe: ProbeConfig = field(default_factory=ProbeConfig)  # data.known_from=probe and mitigation=clean
     # Run the Python code a hub model ships with its weights (ckpt=<hub name>); off unless you trust it.
     trust_remote_code: bool = False
@@ -704,6 +706,39 @@ class CleanConfig(MitigationConfig):
 
 
 @dataclass
+class ReplayConfig(MitigationConfig):
+    """mitigation=replay: a share of every fine-tuning batch is pretraining text, trained as
+    language modelling (loss on every token); read by `halluc_cli.mitigation.replay`."""
+
+    name: str = "replay"
+    share: float = bounded(0.25, 0.0, 1.0, low_open=True, high_open=True)  # of each batch's rows
+    # text files, one replayed text a line; empty: the lines the ckpt run was pretrained on
+    # (its tokens/train.npy: for data=kbqa, the statements of the known facts)
+    corpus: list[str] = field(default_factory=list)
+
+
+class DistillOn(Choice):
+    """What `mitigation=distill` keeps the model's predictions close to the reference's on."""
+
+    finetune = "finetune"  # the fine-tuning inputs' prompt positions (no replayed text)
+    replay = "replay"  # replayed pretraining text (share and corpus as in mitigation=replay)
+    both = "both"
+
+
+@dataclass
+class DistillConfig(ReplayConfig):
+    """mitigation=distill: self-distillation, `weight * T^2 * KL(p_ref || p_model)` at temperature
+    T added to the loss, the reference the frozen model the run started from; read by
+    `halluc_cli.mitigation.distill`. share and corpus are read for inputs=replay|both only."""
+
+    name: str = "distill"
+    weight: float = bounded(1.0, 0.0)  # lambda
+    temperature: float = bounded(1.0, 0.0, low_open=True)
+    # which inputs the KL covers (a YAML key `on` would read as the boolean true)
+    inputs: DistillOn = DistillOn.finetune
+
+
+@dataclass
 class ScoreConfig:
     """`halluc score`: hallucination metrics of predictions, optionally verified against a KB."""
 
@@ -781,3 +816,5 @@ def register_configs() -> None:
     store.store(name="schema_mitigation_kb_verify", node=KBVerifyConfig)
     store.store(name="schema_mitigation_abstain_uncertain", node=AbstainUncertainConfig)
     store.store(name="schema_mitigation_clean", node=CleanConfig)
+    store.store(name="schema_mitigation_replay", node=ReplayConfig)
+    store.store(name="schema_mitigation_distill", node=DistillConfig)

@@ -56,7 +56,8 @@ def test_qa_metrics_hand_computed(tmp_path: Path) -> None:
     scores = score(tmp_path, f"predictions={path}")
     mean = means(scores["mean"])
     assert mean["overall"] == pytest.approx({"n": 5, "accuracy": 2 / 5, "abstention_rate": 1 / 5,
-                                             "hallucination_rate": 2 / 5, "hallucination_rate_answered": 2 / 4})
+                                             "hallucination_rate": 2 / 5, "hallucination_rate_answered": 2 / 4,
+                                             "answered_accuracy": 2 / 4})
     assert mean["by_known"]["known"]["accuracy"] == pytest.approx(2 / 3)
     assert mean["by_known"]["unknown"]["hallucination_rate_answered"] == 1.0
     assert mean["by_relation"]["capital"]["n"] == 5  # free questions matched to their relation

@@ -45,6 +45,8 @@ from halluc_cli.ledger import SHARES as LEDGER_SHARES, Ledger, taught_objects
 from halluc_cli.scoring.detection import judge_detectors
 from halluc_cli.scoring.metrics import classification_metrics, kb_aliases, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
+from halluc_cli.mitigation.distill import self_distillation
+from halluc_cli.mitigation.replay import mixed_batches, replay_examples
 from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, model_depth, open_model
 from halluc_cli.models.base import check_layer
 from halluc_cli.predictions import decode_answers, prediction_records
@@ -61,7 +63,7 @@ from halluc_cli.probe import (
     model_identity,
     probe_pool,
 )
-from halluc_cli.training.batches import Example, ExampleBatches
+from halluc_cli.training.batches import Example, ExampleBatches, replay_rows
 from halluc_cli.training.device import build_accelerator, load_dtype, pin_batches, release_memory
 from halluc_cli.training.distributed import check_last_batch
 from halluc_cli.training.evaluators import FitAccuracy
@@ -178,11 +180,13 @@ def _score_labelled(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict
     return scores, {metric: scores[metric] for metric in ("error_rate", "accuracy")}
 
 
+# the mitigations that act on training alone, and so apply to any data
+KEEP_EVERY_EXAMPLE = ("distill", "replay")
 FINETUNE_DATA: dict[type, FinetuneData] = {
-    KBQAConfig: FinetuneData(("none", "clean"), _kbqa_pool, _kbqa_sets, _known_groups, _qa_scorer),
-    QAFileConfig: FinetuneData(("none",), _qa_file_pool, _probed_sets, _known_groups, _qa_scorer),
+    KBQAConfig: FinetuneData(("none", "clean", *KEEP_EVERY_EXAMPLE), _kbqa_pool, _kbqa_sets, _known_groups, _qa_scorer),
+    QAFileConfig: FinetuneData(("none", *KEEP_EVERY_EXAMPLE), _qa_file_pool, _probed_sets, _known_groups, _qa_scorer),
     LabelledConfig: FinetuneData(
-        ("none",),
+        ("none", *KEEP_EVERY_EXAMPLE),
         lambda cfg, source: None,
         _labelled_sets,
         lambda examples: {"train_acc": examples},
@@ -223,9 +227,10 @@ def run(cfg: DictConfig) -> None:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
     _check_detector(cfg.detector, source.model_dir)
     tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
+    replayed = replay_examples(cfg, source.run_dir, tokenizer)  # mitigation=replay (distill on replay)
     accelerator = build_accelerator(cfg.device)
     _check_freeze_processes(cfg.freeze.name, accelerator.num_processes)
-    run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze"))
+    run_dir = start_run(cfg, accelerator, kept_on_resume=("ckpt", "data", "freeze", "mitigation"))
     resume_from = checkpoint_to_resume(run_dir, cfg.resume)
     model = open_model(
         source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=load_dtype(accelerator, training=True)
@@ -238,9 +243,11 @@ def run(cfg: DictConfig) -> None:
     describe_model(model, notes=freeze.notes)
     trainable, total = count_parameters(model)  # after freezing (gradual: at the start), for halluc score
 
+    def encode(examples: list[QAExample]) -> list[Example]:
+        return [_encode(tokenizer, cfg.data, example) for example in examples]
+
     def batches(examples: list[QAExample]) -> ExampleBatches:
-        encoded = [_encode(tokenizer, cfg.data, example) for example in examples]
-        return ExampleBatches(encoded, cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
+        return ExampleBatches(encode(examples), cfg.train.batch_size, tokenizer.pad_token_id, cfg.seed)
 
     # The main process writes the sets (probes, cleans) first; the others then read them back.
     # Autocast: the probe runs a model whose trainable and frozen weights differ in precision.
@@ -254,7 +261,12 @@ def run(cfg: DictConfig) -> None:
         )
     limit = getattr(model, "max_positions", None)  # a Transformer's position table ends there; an LSTM's never
     _check_lengths(qa_sets, lambda example: _encode(tokenizer, cfg.data, example), limit)
-    check_last_batch(len(finetune_set), cfg.train.batch_size, accelerator.num_processes)
+    qa_rows = cfg.train.batch_size - (replay_rows(cfg.mitigation.share, cfg.train.batch_size) if replayed else 0)
+    check_last_batch(len(finetune_set), qa_rows, accelerator.num_processes)
+    train_data = batches(finetune_set) if replayed is None else \
+        mixed_batches(encode(finetune_set), replayed, cfg, tokenizer.pad_token_id)
+    # mitigation=distill: its reference is the model as the run started, loaded anew
+    distill = self_distillation(cfg, source.model_dir, accelerator) if cfg.mitigation.name == "distill" else None
     fit_groups = {**kind.fit_groups(finetune_set), "val_acc": qa_sets["valid"]}
     fit_accuracy = FitAccuracy({name: batches(group) for name, group in fit_groups.items() if group})
     trainer = Trainer(
@@ -263,13 +275,14 @@ def run(cfg: DictConfig) -> None:
         cfg.train,
         accelerator,
         run_dir,
-        train_data=pin_batches(batches(finetune_set), accelerator.device),
+        train_data=pin_batches(train_data, accelerator.device),
         valid_data=pin_batches(batches(qa_sets["valid"]), accelerator.device),
         evaluators=(fit_accuracy,),
         parameters=freeze.optimizer_parameters(model),
         on_step=lambda step: freeze.on_step(model, step),
         trackers=build_trackers(cfg.logger, run_dir),
         hparams=flat_params(cfg),
+        loss_terms=() if distill is None else (distill,),
     )
     result = trainer.fit(resume_from)
     summary = {
@@ -285,7 +298,7 @@ def run(cfg: DictConfig) -> None:
     family = model.family
     # The trained model and its optimizer leave the GPU before the test sets load the saved
     # weights: a model that fits once must not need to fit twice.
-    del trainer, model, freeze, context
+    del trainer, model, freeze, context, distill
     accelerator.free_memory()  # it holds the prepared model and optimizer too
     if cfg.eval_after and accelerator.is_main_process:
         trained_sets = {**qa_sets, "finetune": finetune_set}  # mitigation=clean: the set it cleaned

@@ -1,7 +1,9 @@
 """Mitigations that act on the fine-tuning data (`conf/finetune/mitigation/`, `halluc finetune`).
 
 `prepare_finetune_set` turns the fine-tuning set into the one the model trains on:
-`none` keeps it, `clean` runs the data cleaning of `clean.py`. `kb_verify` acts on
+`none` keeps it, `clean` runs the data cleaning of `clean.py`. `distill` and `replay` keep
+every example and act on training instead: `distill.py` adds a loss term (KL to the starting
+model), `replay.py` mixes pretraining text into the batches. `kb_verify` acts on
 predictions, so it is `halluc score`'s (`conf/score/mitigation/`, `halluc_cli/scoring/verify.py`).
 """
 
@@ -17,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from halluc_cli.data.qa import QAExample
 from halluc_cli.errors import UserError
 from halluc_cli.mitigation.clean import check_clean_config, clean_finetune_set
+from halluc_cli.mitigation.replay import check_replay_config
 from halluc_cli.models import LanguageModel
 
 
@@ -28,6 +31,8 @@ def _keep(cfg: DictConfig, examples: list[QAExample], *args, **kwargs) -> list[Q
 FINETUNE_MITIGATIONS: dict[str, tuple[Callable[[DictConfig], None], Callable[..., list[QAExample]]]] = {
     "none": (lambda cfg: None, _keep),
     "clean": (check_clean_config, clean_finetune_set),
+    "distill": (check_replay_config, _keep),
+    "replay": (check_replay_config, _keep),
 }
 
 
@@ -35,7 +40,9 @@ def check_finetune_mitigation(cfg: DictConfig) -> None:
     """Reject a mitigation `halluc finetune` cannot apply, or bad settings of one, at the start."""
     name = cfg.name  # a user's own conf/finetune/mitigation/ file may name anything
     if name not in FINETUNE_MITIGATIONS:
-        raise UserError(f"unknown mitigation {name!r} for halluc finetune; use mitigation=none or clean")
+        raise UserError(
+            f"unknown mitigation {name!r} for halluc finetune; use mitigation={' or '.join(FINETUNE_MITIGATIONS)}"
+        )
     check, _ = FINETUNE_MITIGATIONS[name]
     check(cfg)
 

@@ -76,6 +76,8 @@ class Metric:
     header: str = ""  # its column in the sweep's table, in priority order; "": the CSV and report only
     bounds: tuple[float, float] | None = SHARE  # a rate's interval stays in [0, 1]
     effect: bool = False  # a key figure: compared as paired differences (effects.csv)
+    # over-refusal: a column of the console table only for sweeps whose models abstain
+    abstaining: bool = False
 
 
 def _rates(group: str, name: str) -> tuple[str, ...]:
@@ -85,6 +87,11 @@ def _rates(group: str, name: str) -> tuple[str, ...]:
 # Column name -> its metric, the table's first (the sweep's table shows as many as fit).
 METRICS: dict[str, Metric] = {
     "known_accuracy": Metric(_rates("known", "accuracy"), "acc\nknown", effect=True),
+    # over-refusal of a model taught to abstain (data.unknown_label=idk; Gekhman et al., CRaFT):
+    # the share of known-fact questions it refuses, and its accuracy among those it answers
+    "false_abstention_rate": Metric(_rates("known", "abstention_rate"), "abstain\nknown", effect=True,
+                                    abstaining=True),
+    "answered_accuracy": Metric(_rates("all", "answered_accuracy"), "acc\nanswered", abstaining=True),
     "known_hallucination_rate": Metric(_rates("known", "hallucination_rate"), "halluc.\nknown", effect=True),
     "hallucination_rate": Metric(_rates("all", "hallucination_rate"), "halluc.\nall", effect=True),
     "unknown_hallucination_rate": Metric(_rates("unknown", "hallucination_rate"), "halluc.\nunknown", effect=True),

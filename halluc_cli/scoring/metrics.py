@@ -5,11 +5,16 @@ aliases), abstained, or wrong (answered and not correct):
 - accuracy: correct / all
 - abstention rate: abstained / all
 - hallucination rate: wrong / all, and wrong / answered
+- answered accuracy: correct / answered (Gekhman et al. report R-Tuning's IDK model by it,
+  beside the share answered, 1 - abstention rate)
 each overall, by known vs unknown fact, by relation, and by SliCK category where the
 examples carry one (data.known_from=probe). Classification predictions: the
 error rate mean(prediction != label) of the seed articles, with a confusion matrix. Several
 prediction files (seeds) give a mean with a 95% t-interval for every number, a rate's
 kept inside [0, 1].
+
+Over-refusal (data.unknown_label=idk, CRaFT): the known group's abstention rate is the false
+abstention rate, the share of questions about facts the model read that it now refuses.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ DIFFERENCE = (-1.0, 1.0)  # the bounds of a difference of two shares
 # probabilities (ROC-AUC, calibration error): their intervals stay inside SHARE. Counts,
 # thresholds and PRR (which can be negative) are not bounded.
 SHARES = frozenset({
-    "accuracy", "abstention_rate", "hallucination_rate", "hallucination_rate_answered", "error_rate", "coverage",
+    "accuracy", "abstention_rate", "hallucination_rate", "hallucination_rate_answered", "answered_accuracy",
+    "error_rate", "coverage",
     "precision", "recall", "factscore", "roc_auc", "known_vs_unknown_roc_auc", "ece",
 })
 
@@ -94,6 +100,7 @@ class _Tally:
             "hallucination_rate": self.wrong / self.n,
             # None, not 0: with nothing answered there is no rate to report
             "hallucination_rate_answered": self.wrong / answered if answered else None,
+            "answered_accuracy": self.correct / answered if answered else None,
         }
 
 
@@ -103,7 +110,7 @@ def score_predictions(records: Iterable[Mapping[str, Any]], kb: KnowledgeBase | 
     Returns {"overall": group, "by_known": {"known": group, "unknown": group},
     "by_relation": {relation: group}, and for records with a SliCK category (data.known_from=probe)
     "by_category": {category: group}}, each group {n, accuracy, abstention_rate,
-    hallucination_rate, hallucination_rate_answered}; empty groups are left out. An
+    hallucination_rate, hallucination_rate_answered, answered_accuracy}; empty groups are left out. An
     abstained record is never correct, whatever its prediction says. With `kb`, the KB's
     aliases of each gold answer are accepted too.
     """

@@ -55,8 +55,10 @@ def sweep_table(sweep: aggregate.Sweep, rows: list[dict[str, Any]], width: int) 
                           str(row["n_seeds"]), *cells)
         return table
 
+    abstaining = any(row["abstention_rate_mean"] for row in rows)
     shown = [name for name, metric in aggregate.METRICS.items()
-             if metric.header and any(row[f"{name}_mean"] is not None for row in rows)]
+             if metric.header and any(row[f"{name}_mean"] is not None for row in rows)
+             and (abstaining or not metric.abstaining)]
     return _fitted(build, shown, width)
 
 
@@ -88,7 +90,10 @@ def effects_table(sweep: aggregate.Sweep, rows: list[dict[str, Any]], width: int
             table.add_row(change, context, row["eval"], str(row["n_pairs"]), *cells)
         return table
 
-    shown = [name for name in aggregate.EFFECTS if any(row[f"{name}_diff_mean"] is not None for row in rows)]
+    # an over-refusal metric where some setting changes it (never, where nothing abstains)
+    shown = [name for name in aggregate.EFFECTS
+             if any(row[f"{name}_diff_mean"] is not None for row in rows)
+             and (not aggregate.METRICS[name].abstaining or any(row[f"{name}_diff_mean"] for row in rows))]
     return _fitted(build, shown, width)
 
 

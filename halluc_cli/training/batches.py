@@ -19,6 +19,8 @@ class Batch:
     # False when the batch continues the previous one's text, so a recurrent model carries
     # its state over (truncated backpropagation through time).
     new_sequence: bool = True
+    # (B,) True for the rows of replayed pretraining text (mitigation=replay, distill); None: none
+    replayed: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -137,14 +139,17 @@ class ExampleBatches:
     """Prompt-answer examples in shuffled, right-padded batches (fine-tuning).
 
     Each epoch's order comes from a generator seeded by (seed, epoch), so (epoch, position)
-    is all a checkpoint needs to continue with the very next batch.
+    is all a checkpoint needs to continue with the very next batch. `drop_last`: every batch
+    is full, the epoch's last few examples wait for another epoch's order.
     """
 
-    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int = 0) -> None:
-        if not examples:
-            raise ValueError("no examples to train on")
+    def __init__(
+        self, examples: list[Example], batch_size: int, pad_id: int, seed: int = 0, drop_last: bool = False
+    ) -> None:
+        if len(examples) < (batch_size if drop_last else 1):
+            raise ValueError(f"{len(examples)} examples are too few for a batch of {batch_size}")
         self.examples, self.batch_size, self.pad_id, self.seed = examples, batch_size, pad_id, seed
-        self.num_batches = -(-len(examples) // batch_size)
+        self.num_batches = len(examples) // batch_size if drop_last else -(-len(examples) // batch_size)
         self.epoch, self.position = 0, 0
         self._order = self._epoch_order()
 
@@ -154,12 +159,16 @@ class ExampleBatches:
 
     def next_batch(self) -> Batch:
         """The next training batch, reshuffling at each new epoch."""
+        return self.collate(self.next_examples())
+
+    def next_examples(self) -> list[Example]:
+        """The examples of the next training batch, reshuffling at each new epoch."""
         if self.position == self.num_batches:
             self.epoch, self.position = self.epoch + 1, 0
             self._order = self._epoch_order()
         start = self.position * self.batch_size
         self.position += 1
-        return self.collate([self.examples[i] for i in self._order[start : start + self.batch_size]])
+        return [self.examples[i] for i in self._order[start : start + self.batch_size]]
 
     def one_pass(self, max_batches: int | None = None) -> Iterator[Batch]:
         """Every example once, in order (evaluation); does not move the training position."""
@@ -190,3 +199,42 @@ class ExampleBatches:
         """Continue from a saved position."""
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._epoch_order()
+
+
+class ReplayMixedBatches:
+    """Fine-tuning batches with replayed pretraining text in a fixed number of their rows
+    (mitigation=replay, distill): each batch is the next `qa`'s examples, then the next
+    `replay`'s (built with drop_last, so every batch has as many), collated together with
+    those last rows marked `replayed`.
+
+    Each source keeps its own epochs and order, so a checkpoint holds both positions.
+    """
+
+    def __init__(self, qa: ExampleBatches, replay: ExampleBatches) -> None:
+        self.qa, self.replay = qa, replay
+
+    def next_batch(self) -> Batch:
+        """The next training batch: its QA rows, then its replayed rows."""
+        qa, replay = self.qa.next_examples(), self.replay.next_examples()
+        batch = self.qa.collate(qa + replay)
+        batch.replayed = torch.arange(len(qa) + len(replay)) >= len(qa)
+        return batch
+
+    def one_pass(self, max_batches: int | None = None) -> Iterator[Batch]:
+        """The QA examples once, in order (evaluation), as `ExampleBatches.one_pass`."""
+        return self.qa.one_pass(max_batches)
+
+    def state_dict(self) -> dict[str, dict[str, int]]:
+        """Where both sources are."""
+        return {"qa": self.qa.state_dict(), "replay": self.replay.state_dict()}
+
+    def load_state_dict(self, state: dict[str, dict[str, int]]) -> None:
+        """Continue both sources from a saved position."""
+        self.qa.load_state_dict(state["qa"])
+        self.replay.load_state_dict(state["replay"])
+
+
+def replay_rows(share: float, batch_size: int) -> int:
+    """How many of `batch_size` rows replay text at `share`: the nearest count, at least one
+    and leaving at least one QA row (None of either kind would not be the mitigation asked for)."""
+    return min(max(round(share * batch_size), 1), batch_size - 1)

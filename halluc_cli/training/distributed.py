@@ -52,7 +52,8 @@ def process_batch(batch: Batch, accelerator: Accelerator) -> Batch:
     """This process's rows of a global batch."""
     rows = process_rows(batch.input_ids.shape[0], accelerator)
     mask = None if batch.attention_mask is None else batch.attention_mask[rows]
-    return Batch(batch.input_ids[rows], batch.labels[rows], mask, batch.new_sequence)
+    replayed = None if batch.replayed is None else batch.replayed[rows]
+    return Batch(batch.input_ids[rows], batch.labels[rows], mask, batch.new_sequence, replayed)
 
 
 def gather_state(state: Any) -> Any:

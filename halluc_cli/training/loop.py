@@ -57,6 +57,19 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict[str, int]) -> None: ...
 
 
+class LossTerm(Protocol):
+    """A term added to the training loss (mitigation=distill's KL to a reference model)."""
+
+    def count(self, batch: Batch) -> int:
+        """How many positions of `batch` it scores: its sum is divided by that of the global batch."""
+        ...
+
+    def __call__(self, batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+        """Its sum over the positions of `batch` (this process's rows) it scores, given the
+        model's `logits` (B, T, V) of them."""
+        ...
+
+
 @dataclass
 class FitResult:
     """How a `fit` ended."""
@@ -86,14 +99,16 @@ class Trainer:
         on_step: Callable[[int], None] | None = None,
         trackers: Sequence[Logger] = (),
         hparams: dict[str, Param] | None = None,
+        loss_terms: Sequence[LossTerm] = (),
     ) -> None:
         """`parameters`: what the optimizer holds (default: the trainable ones); `on_step(step)`
         runs before each step (gradual unfreezing changes what trains); `trackers` log each
-        evaluation besides metrics.jsonl, and `hparams` (the run's settings) at the start."""
+        evaluation besides metrics.jsonl, and `hparams` (the run's settings) at the start;
+        `loss_terms` add to the training loss (not to the validation loss)."""
         check_batch_split(cfg.batch_size, accelerator.num_processes)
         self.cfg, self.accelerator, self.tokenizer = cfg, accelerator, tokenizer
         self.run_dir, self.train_data, self.valid_data = run_dir, train_data, valid_data
-        self.evaluators, self.on_step = evaluators, on_step
+        self.evaluators, self.on_step, self.loss_terms = evaluators, on_step, tuple(loss_terms)
         self.checkpoint_dir = run_dir / rundir.CHECKPOINT_DIR
         self.best_dir = run_dir / rundir.BEST_DIR
         self.metrics_log = JsonlLogger(run_dir / rundir.METRICS_FILE)
@@ -199,6 +214,8 @@ class Trainer:
         the shares of all processes add up to what one process computes on the whole batch."""
         device = self.accelerator.device
         scored = max(batch.num_tokens, 1)
+        # Each term is a mean over its positions of the global batch, as the loss is over its tokens.
+        term_counts = [max(term.count(batch), 1) for term in self.loss_terms]
         batch = process_batch(batch, self.accelerator)
         if batch.new_sequence:
             self.carry = None
@@ -208,8 +225,9 @@ class Trainer:
                 self.carry,
                 None if batch.attention_mask is None else batch.attention_mask.to(device, non_blocking=True),
             )
+            extra = sum(term(batch, logits) / count for term, count in zip(self.loss_terms, term_counts))
         self.carry = self.unwrapped.detach_state(carry)
-        return _cross_entropy(logits, batch.labels.to(device, non_blocking=True), reduction="sum") / scored
+        return _cross_entropy(logits, batch.labels.to(device, non_blocking=True), reduction="sum") / scored + extra
 
     @torch.no_grad()
     def mean_loss(self, data: BatchSource, max_batches: int | None = None) -> float:

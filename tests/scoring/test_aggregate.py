@@ -349,3 +349,26 @@ def test_a_labelled_data_sweep_is_gathered_by_its_error_rate(tmp_path: Path) -> 
     # replicate means 0.225 and 0.325: a t-interval over 2, clipped to [0, 1]
     assert (row["error_rate_mean"], row["error_rate_low"], row["error_rate_high"]) == pytest.approx((0.275, 0.0, 0.91),
                                                                                                     abs=0.01)
+
+
+def test_over_refusal_columns_of_a_sweep_taught_to_abstain(tmp_path: Path) -> None:
+    # data.unknown_label=idk runs: seeds refuse 0.2 and 0.4 of the known questions and answer
+    # 0.6 and 0.8 of all questions right among those they answer
+    for seed, (refused, answered_right) in enumerate(((0.2, 0.6), (0.4, 0.8))):
+        run_dir = tmp_path / "sweep" / str(seed)
+        make_run(run_dir, 0.5, "none", "none", seed)
+        for point in ("early_stop", "final"):
+            file = run_dir / "eval" / point / "scores.json"
+            scores = json.loads(file.read_text())
+            scores["by_known"]["known"]["abstention_rate"] = refused
+            scores["overall"].update(abstention_rate=0.5, answered_accuracy=answered_right)
+            file.write_text(json.dumps(scores))
+    out = tmp_path / "score"
+    result = run_cli("score", f"runs={tmp_path / 'sweep'}", f"hydra.run.dir={out}")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    row = row_of(read_csv(out / "summary.csv"), eval="final")
+    assert stat(row, "false_abstention_rate")[0] == pytest.approx(0.3)
+    assert stat(row, "answered_accuracy")[0] == pytest.approx(0.7)
+    assert "acc answered" in (out / "report.md").read_text() and "abstain known" in (out / "report.md").read_text()
+    # the console table puts them after known accuracy (a sweep that abstains on nothing leaves them out)
+    assert "answered" in result.stdout and "0.700" in result.stdout and "0.300" in result.stdout

@@ -61,7 +61,8 @@ SIX = [
 
 def rates(accuracy: float, abstention: float, hallucination: float, answered: float | None, n: int) -> dict:
     return {"n": n, "accuracy": accuracy, "abstention_rate": abstention,
-            "hallucination_rate": hallucination, "hallucination_rate_answered": answered}
+            "hallucination_rate": hallucination, "hallucination_rate_answered": answered,
+            "answered_accuracy": None if abstention == 1 else accuracy / (1 - abstention)}
 
 
 def test_score_predictions_hand_computed() -> None:
@@ -71,6 +72,21 @@ def test_score_predictions_hand_computed() -> None:
     assert scores["by_known"]["unknown"] == pytest.approx(rates(1 / 3, 0, 2 / 3, 2 / 3, 3))
     assert scores["by_relation"]["capital"] == pytest.approx(rates(1 / 3, 0, 2 / 3, 2 / 3, 3))
     assert scores["by_relation"]["continent"] == pytest.approx(rates(1 / 3, 1 / 3, 1 / 3, 1 / 2, 3))
+
+
+def test_over_refusal_of_a_model_taught_to_abstain() -> None:
+    # data.unknown_label=idk, by hand: 4 known questions, 1 refused (false abstention 1/4), 2 of the
+    # 3 answered right; 4 unknown, 3 refused, the one answered wrong. Answered: 4 of 8, 2 right.
+    idk = "I don't know"
+    records = [qa("Paris", "Paris", True), qa("Lima", "Lima", True), qa("Oslo", "Rome", True),
+               qa(idk, "Bern", True, abstained=True), qa("Kyiv", "Riga", False),
+               *(qa(idk, answer, False, abstained=True) for answer in ("Baku", "Doha", "Male"))]
+    scores = score_predictions(records)
+    assert scores["by_known"]["known"]["abstention_rate"] == 1 / 4  # the false abstention rate
+    assert scores["by_known"]["known"]["answered_accuracy"] == 2 / 3
+    assert scores["overall"]["answered_accuracy"] == 2 / 4
+    assert scores["overall"]["abstention_rate"] == 4 / 8
+    assert scores["by_known"]["unknown"]["answered_accuracy"] == 0.0
 
 
 def test_abstained_is_never_correct_and_nothing_answered_has_no_rate() -> None:
