@@ -22,7 +22,7 @@ from transformers import PreTrainedTokenizerBase
 from halluc_cli import rundir
 from halluc_cli.config import DistillOn
 from halluc_cli.console import print_note
-from halluc_cli.data.corpus import load_token_arrays
+from halluc_cli.data.tokens import load_token_arrays
 from halluc_cli.data.tokenizer import prompt_ids
 from halluc_cli.errors import UserError
 from halluc_cli.training.batches import Example, ExampleBatches, ReplayMixedBatches, replay_rows
