@@ -9,9 +9,10 @@ question (`Decoder.hidden_layer`): the probe costs no forward pass of its own.
 It is trained on held-out answers of the same weights (finetune: the validation set), the
 features standardized and the L2 strength chosen by cross-validated log loss (a proper scoring
 rule: the probabilities come out calibrated, not only ranked; scikit-learn).
-Those answers' own scores are out of fold, so selective answering calibrated on them is not
-calibrated on what the probe was fitted to. Saved as plain JSON numbers (nothing to unpickle),
-it scores alike before and after reloading: this module's numpy code scores in both cases.
+Those answers' own scores are out of fold (nested: each scored by a probe whose strength was
+chosen without it too), so selective answering calibrated on them is not calibrated on what
+the probe was fitted to. Saved as plain JSON numbers (nothing to unpickle), it scores alike
+before and after reloading: this module's numpy code scores in both cases.
 """
 
 from __future__ import annotations
@@ -24,23 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from halluc_cli.decoding import Continuation
 from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_json
+from halluc_cli.rundir import PROBE_FILE
 from halluc_cli.scoring.detection import roc_auc
 from halluc_cli.scoring.metrics import is_right
 
-PROBE_FILE = "hidden_probe.json"  # in a finetune run's eval/<point>/
 # The uncertainty score each label writes. P(wrong) is one minus a probability of being right,
 # so its calibration (ECE) is judged; P(unknown fact) is not a probability of either.
 ESTIMATORS = {"wrong": "hidden_probe", "unknown": "hidden_probe_unknown"}
 REGULARIZATION = np.logspace(-4, 2, 13)  # the inverse strengths C the cross-validation tries
+MIN_EACH = 3  # answers of each kind a probe needs: 2 folds, each with 2 folds inside
 
 
 @dataclass(frozen=True)
@@ -62,8 +59,14 @@ class HiddenStateProbe:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """P(label) for each row of `features` (N, H)."""
+        if features.shape[1] != len(self.weights):
+            raise UserError(
+                f"the probe reads {len(self.weights)} hidden features and layer {self.layer} of this model gives "
+                f"{features.shape[1]}: a probe fitted to another model (detector.path)"
+            )
         standardized = (np.asarray(features, dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
-        return expit(standardized @ np.asarray(self.weights) + self.bias)
+        logit = standardized @ np.asarray(self.weights) + self.bias
+        return np.exp(-np.logaddexp(0.0, -logit))  # the sigmoid, without overflow at either end
 
     def save(self, path: Path) -> None:
         """Write the probe as JSON (atomically)."""
@@ -88,6 +91,7 @@ def _check_probe(probe: HiddenStateProbe, path: Path) -> None:
     numbers = [value for vector in vectors if isinstance(vector, list) for value in vector] + [probe.bias]
     well_formed = (
         isinstance(probe.layer, int)
+        and isinstance(probe.label, str)
         and probe.label in ESTIMATORS
         and all(isinstance(vector, list) and len(vector) == len(probe.weights) > 0 for vector in vectors)
         and all(isinstance(value, (int, float)) and math.isfinite(value) for value in numbers)
@@ -116,18 +120,18 @@ def probe_labels(
 
 
 def untrainable(labels: Sequence[bool], label: str) -> str | None:
-    """Why a probe cannot learn from `labels` (both kinds are needed, two of each for the
-    folds), or None when it can."""
+    """Why a probe cannot learn from `labels` (both kinds are needed, three of each for the
+    nested folds), or None when it can."""
     positives, negatives = sum(labels), len(labels) - sum(labels)
-    if min(positives, negatives) >= 2:
+    if min(positives, negatives) >= MIN_EACH:
         return None
     if label == "wrong":
         return (
-            f"{positives} wrong and {negatives} right answers; the probe needs at least 2 of each "
+            f"{positives} wrong and {negatives} right answers; the probe needs at least {MIN_EACH} of each "
             "(a larger data.valid_size, or detector.label=unknown)"
         )
     return (
-        f"{positives} unknown-fact and {negatives} known-fact questions; the probe needs at least 2 of each "
+        f"{positives} unknown-fact and {negatives} known-fact questions; the probe needs at least {MIN_EACH} of each "
         "(data.unknown_fraction strictly between 0 and 1, or detector.label=wrong)"
     )
 
@@ -136,15 +140,27 @@ def fit_probe(
     features: np.ndarray, labels: Sequence[bool], *, layer: int, label: str, folds: int, seed: int, trained_on: str
 ) -> tuple[HiddenStateProbe, np.ndarray]:
     """Fit a probe of `label` to `features` (N, H) and return it with the out-of-fold P(label)
-    of each row (each scored by a probe fitted without it). `untrainable(labels)` must be None."""
+    of each row: each scored by a probe fitted, its strength chosen too, without it (nested
+    cross-validation). `untrainable(labels)` must be None."""
+    from sklearn.linear_model import LogisticRegression  # scikit-learn loads only where a probe is fitted
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     x, y = np.asarray(features, dtype=np.float64), np.asarray(labels, dtype=bool)
-    # Stratified folds, as many as the rarer kind allows: each fold holds both kinds.
-    split = StratifiedKFold(min(folds, int(y.sum()), int((~y).sum())), shuffle=True, random_state=seed)
+    # Stratified folds, as many as the rarer kind allows: each fold holds both kinds; the inner
+    # folds of the nested search split what an outer fold trains on, a share of the rarer kind fewer.
+    rarer = int(min(y.sum(), (~y).sum()))
+    outer = min(folds, rarer)
+    split = StratifiedKFold(outer, shuffle=True, random_state=seed)
+    inner = StratifiedKFold(min(folds, rarer - math.ceil(rarer / outer)), shuffle=True, random_state=seed)
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
-    search = GridSearchCV(pipeline, {"logisticregression__C": REGULARIZATION}, cv=split, scoring="neg_log_loss").fit(x, y)
+    search = GridSearchCV(pipeline, {"logisticregression__C": REGULARIZATION}, cv=split, scoring="neg_log_loss")
+    nested = GridSearchCV(pipeline, {"logisticregression__C": REGULARIZATION}, cv=inner, scoring="neg_log_loss")
+    held_out = cross_val_predict(nested, x, y, cv=split, method="predict_proba")[:, 1]
+    search.fit(x, y)
     strength = float(search.best_params_["logisticregression__C"])
     scaler, model = search.best_estimator_[0], search.best_estimator_[1]  # refitted to every row
-    held_out = cross_val_predict(pipeline.set_params(logisticregression__C=strength), x, y, cv=split, method="predict_proba")[:, 1]
     probe = HiddenStateProbe(
         layer=layer,
         label=label,

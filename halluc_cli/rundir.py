@@ -59,6 +59,7 @@ LEDGER_FILE = "ledger.jsonl"  # in eval/<point>/ (ledger=true): each held-out fa
 # --- generate's and score's (and finetune's, in eval/<point>/)
 PREDICTIONS_FILE = "predictions.jsonl"  # one prediction record a line
 VALID_PREDICTIONS_FILE = "valid_predictions.jsonl"  # finetune's eval/<point>/: the validation set's answers
+PROBE_FILE = "hidden_probe.json"  # finetune's eval/<point>/ with detector=hidden_probe: the fitted probe
 SCORES_FILE = "scores.json"  # the metrics of the predictions
 RISK_COVERAGE_PLOT = "risk_coverage.png"  # score predictions= with uncertainty scores
 SWEEP_SUMMARY_FILE = "summary.csv"  # score runs=: a row per group of seeds and eval point

@@ -88,6 +88,19 @@ def test_a_fitted_probe_separates_and_scores_alike_after_reloading(tmp_path: Pat
     assert np.array_equal(reloaded.score(features), scores)  # bit for bit: JSON keeps every float
 
 
+def test_the_fewest_answers_a_probe_learns_from() -> None:
+    features, labels = _separable(n=6)  # 3 of each: 3 folds, each with 2 folds inside
+    probe, held_out = fit_probe(features, labels, layer=0, label="wrong", folds=5, seed=0, trained_on="valid")
+    assert held_out.shape == (6,) and probe.trained_on["n"] == 6
+
+
+def test_a_probe_of_another_width_is_refused() -> None:
+    features, labels = _separable()
+    probe, _ = fit_probe(features, labels, layer=0, label="wrong", folds=5, seed=0, trained_on="valid")
+    with pytest.raises(UserError, match="the probe reads 12 hidden features and layer 0 of this model gives 5"):
+        probe.score(np.zeros((2, 5)))
+
+
 def test_out_of_fold_scores_are_not_the_in_sample_ones() -> None:
     # Pure noise: fitted to every row, a probe scores its own rows better than chance would.
     rng = np.random.default_rng(1)
@@ -105,9 +118,9 @@ def test_labels_and_what_a_probe_cannot_learn_from() -> None:
     ]
     assert probe_labels(records, "wrong") == ([0, 1], [False, True])  # an abstention claims nothing
     assert probe_labels(records, "unknown") == ([0, 1, 2], [False, True, True])
-    assert "1 wrong and 1 right answers" in untrainable([False, True], "wrong")
+    assert "2 wrong and 5 right answers; the probe needs at least 3 of each" in untrainable([True] * 2 + [False] * 5, "wrong")
     assert "detector.label=wrong" in untrainable([True, True, True], "unknown")
-    assert untrainable([False, True, False, True], "wrong") is None
+    assert untrainable([False, True] * 3, "wrong") is None
 
 
 @pytest.mark.parametrize(
@@ -183,6 +196,7 @@ def test_a_probe_with_one_kind_of_answer_is_skipped_with_a_warning(transformer_r
         ("detector.layer=5", "detector.layer=5, but the model has 2 layers"),
         ("detector.path=probe.json", "detector.path names a probe for halluc generate"),
         ("detector.folds=1", "detector.folds=1 is out of range"),
+        ("eval_after=false", "fitted to the validation answers of eval_after"),
     ],
 )
 def test_bad_probe_settings_fail_before_the_run_dir(

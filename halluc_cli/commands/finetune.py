@@ -39,7 +39,7 @@ from halluc_cli.data.qa import QAExample, format_prompt, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer, prompt_ids
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
-from halluc_cli.hidden_probe import PROBE_FILE, train_and_score
+from halluc_cli.hidden_probe import train_and_score
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
 from halluc_cli.ledger import SHARES as LEDGER_SHARES, Ledger, taught_objects
 from halluc_cli.scoring.detection import judge_detectors
@@ -47,7 +47,9 @@ from halluc_cli.scoring.metrics import classification_metrics, kb_aliases, score
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
 from halluc_cli.mitigation.distill import self_distillation
 from halluc_cli.mitigation.replay import mixed_batches, replay_examples
-from halluc_cli.models import LanguageModel, check_causal_lm, count_parameters, load_model, model_depth, open_model
+from halluc_cli.models import (
+    LanguageModel, check_causal_lm, check_model_layer, count_parameters, load_model, open_model,
+)
 from halluc_cli.models.base import check_layer
 from halluc_cli.predictions import decode_answers, prediction_records
 from halluc_cli.uncertainty import answer_meaning
@@ -225,7 +227,7 @@ def run(cfg: DictConfig) -> None:
     probes = _probe_prompts(cfg, pool) if pool is not None else None
     if source.foreign:
         check_causal_lm(source.model_dir, cfg.trust_remote_code)
-    _check_detector(cfg.detector, source.model_dir)
+    _check_detector(cfg, source.model_dir)
     tokenizer = load_tokenizer(source.model_dir, cfg.trust_remote_code)
     replayed = replay_examples(cfg, source.run_dir, tokenizer)  # mitigation=replay (distill on replay)
     accelerator = build_accelerator(cfg.device)
@@ -235,6 +237,8 @@ def run(cfg: DictConfig) -> None:
     model = open_model(
         source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=load_dtype(accelerator, training=True)
     )
+    if cfg.detector.name == "hidden_probe":  # a hub model's depth is known once it is loaded: before training
+        check_layer(cfg.detector.layer, len(model.blocks()))
     freeze = apply_freeze(model, cfg.freeze)
     # What trains in fp32 (the optimizer's masters), the frozen rest in the GPU's precision.
     cast_for_training(model, freeze, load_dtype(accelerator, training=False))
@@ -379,7 +383,7 @@ def evaluate_tests(
         if probe_layer is not None:
             valid, test = (valid_records, answers[len(examples) :]), (records, answers[: len(examples)])
             aliases = kb_aliases(kb) if kb is not None else None
-            failed = train_and_score(cfg.detector, valid, test, out_dir / PROBE_FILE, aliases, cfg.seed)
+            failed = train_and_score(cfg.detector, valid, test, out_dir / rundir.PROBE_FILE, aliases, cfg.seed)
             if failed:
                 print_warning(failed)
         scores, rates = score(records)
@@ -440,15 +444,19 @@ def _complete_statements(
     return complete_statements(answerer, examples, _ledger_templates(cfg.data))
 
 
-def _check_detector(detector: DictConfig, model_dir: str) -> None:
-    """A hidden-state probe's layer must exist; the probe file is generate's to read."""
+def _check_detector(cfg: DictConfig, model_dir: str) -> None:
+    """A hidden-state probe is fitted to eval_after's validation answers, at a layer the model
+    has, to a label the data gives; the probe file is generate's to read."""
+    detector = cfg.detector
     if detector.name != "hidden_probe":
         return
     if detector.path is not None:
         raise UserError("detector.path names a probe for halluc generate to use; finetune trains its own (leave it out)")
-    depth = model_depth(model_dir)
-    if depth is not None:
-        check_layer(detector.layer, depth)
+    if not cfg.eval_after:
+        raise UserError("detector=hidden_probe is fitted to the validation answers of eval_after; set eval_after=true")
+    if detector.label == "unknown" and OmegaConf.get_type(cfg.data) is LabelledConfig:
+        raise UserError("detector.label=unknown needs facts known or not; data=labelled has none (use detector.label=wrong)")
+    check_model_layer(model_dir, detector.layer)
 
 
 def _check_freeze_processes(freeze: str, num_processes: int) -> None:

@@ -16,14 +16,13 @@ from halluc_cli.data.qa import QAExample, qa_format, read_qa_file
 from halluc_cli.data.tokenizer import load_tokenizer
 from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
-from halluc_cli.hidden_probe import PROBE_FILE, HiddenStateProbe
+from halluc_cli.hidden_probe import HiddenStateProbe
 from halluc_cli.io import atomic_write_jsonl
-from halluc_cli.models import check_causal_lm, model_depth, open_model
-from halluc_cli.models.base import check_layer
+from halluc_cli.models import check_causal_lm, check_model_layer, open_model
 from halluc_cli.data.kb import load_kb
 from halluc_cli.predictions import answer_questions
 from halluc_cli.uncertainty import Meaning, answer_meaning
-from halluc_cli.rundir import CONFIG_FILE, EVAL_DIR, EVAL_WEIGHTS, PREDICTIONS_FILE, QA_DIR
+from halluc_cli.rundir import CONFIG_FILE, EVAL_DIR, EVAL_WEIGHTS, PREDICTIONS_FILE, PROBE_FILE, QA_DIR
 from halluc_cli.training.device import build_accelerator, load_dtype
 
 
@@ -78,9 +77,7 @@ def _probe(cfg: DictConfig, source: ModelSource) -> HiddenStateProbe:
             )
         path = source.run_dir / EVAL_DIR / point / PROBE_FILE
     probe = HiddenStateProbe.load(path)
-    depth = model_depth(source.model_dir)
-    if depth is not None:
-        check_layer(probe.layer, depth)
+    check_model_layer(source.model_dir, probe.layer)
     return probe
 
 

@@ -16,6 +16,7 @@ from halluc_cli.models.base import (
     WEIGHTS_FILE,
     LanguageModel,
     count_parameters,
+    check_layer,
     read_family,
     read_json,
 )
@@ -29,6 +30,7 @@ FAMILIES: dict[str, type[LanguageModel]] = {
 
 __all__ = [
     "LanguageModel", "build_model", "load_model", "open_model", "check_causal_lm", "count_parameters", "model_depth",
+    "check_model_layer",
     "FAMILIES",
 ]
 
@@ -92,3 +94,11 @@ def model_depth(model_dir: str) -> int | None:
     config = read_json(path)
     depths = [config[key] for key in DEPTH_KEYS if isinstance(config.get(key), int)]
     return depths[0] if depths else None
+
+
+def check_model_layer(model_dir: str, layer: int) -> None:
+    """Fail unless `layer` names a layer of the model in `model_dir`, where its config says how
+    many it has (else the loaded model's blocks are checked when the layer is first read)."""
+    depth = model_depth(model_dir)
+    if depth is not None:
+        check_layer(layer, depth)

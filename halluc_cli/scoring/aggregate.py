@@ -168,6 +168,10 @@ class Sweep:
         return [name for name in self.names if len({choice_key(run.choices[name]) for run in self.runs}) > 1]
 
 
+class Unscorable(Exception):
+    """An eval point a score mitigation cannot score (its twin is left out, with why)."""
+
+
 class _Unreadable(Exception):
     """A run dir that cannot be read; the message says why."""
 
@@ -207,16 +211,24 @@ def with_verified_runs(sweep: Sweep, mitigations: Mapping[str, Callable[[Path], 
     Verification needs no training, so every fine-tuning variant gets a twin per mitigation,
     and a plot shows each as one more line per fine-tuning mitigation.
     """
-    verified = []
+    verified, skipped = [], list(sweep.skipped)
     for label, verify in mitigations.items():
+        unscorable = []
         for run in sweep.runs:
-            scores = {point: verify(run.path / EVAL_DIR / point) for point in EVAL_POINTS if point in run.scores}
+            try:
+                scores = {point: verify(run.path / EVAL_DIR / point) for point in EVAL_POINTS if point in run.scores}
+            except Unscorable as why:  # e.g. a run whose validation set trained no probe
+                unscorable.append((run.path, f"not under {label}: {why}"))
+                continue
             if scores:
                 mitigation = f"{run.choices['mitigation']}+{label}"
                 # the training curve is its twin's: drawn once
                 verified.append(replace(run, choices={**run.choices, "mitigation": mitigation}, scores=scores, curve=[]))
+        if unscorable and len(unscorable) == len(sweep.runs):
+            raise UserError(f"{unscorable[0][0]}: {unscorable[0][1]}, nor is any other run; check the mitigation's settings")
+        skipped += unscorable
     runs = sweep.runs + verified
-    return Sweep(runs, group_runs(runs, sweep.names), sweep.skipped, sweep.notes, len(verified), sweep.names)
+    return Sweep(runs, group_runs(runs, sweep.names), skipped, sweep.notes, len(verified), sweep.names)
 
 
 # --- finding run dirs --------------------------------------------------------------------

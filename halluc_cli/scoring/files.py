@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from halluc_cli.data.kb import KnowledgeBase, load_kb
+from halluc_cli.data.normalize import normalize_text
 from halluc_cli.scoring.detection import judge_detectors, risk_coverage_curves
 from halluc_cli.scoring.selective import select_answers, selection_summary
 from halluc_cli.scoring.metrics import aggregate_seeds, classification_metrics, is_right, kb_aliases, score_predictions
@@ -30,10 +31,11 @@ def kb_verifier(cfg: DictConfig) -> KBVerifier:
 
 
 def covered_subjects(kb: KnowledgeBase, coverage: float, seed: int) -> frozenset[str]:
-    """`coverage` of the KB's subjects (rounded, at least one), drawn by `seed`."""
-    subjects = sorted({fact.subject for fact in kb.facts})
+    """`coverage` of the KB's subjects (rounded, at least one), drawn by `seed`, normalized as
+    the KB matches them."""
+    subjects = kb.subjects()
     count = max(1, round(coverage * len(subjects)))
-    return frozenset(random.Random(seed).sample(subjects, count))
+    return frozenset(normalize_text(subject) for subject in random.Random(seed).sample(subjects, count))
 
 
 def score_file(

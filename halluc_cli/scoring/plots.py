@@ -59,7 +59,11 @@ def draw_plots(sweep: Sweep, out_dir: Path) -> tuple[list[Path], list[str]]:
     for x in varying:
         if len({group.choices[x] for group in sweep.groups if is_number(group.choices[x])}) > 1:
             name = f"rates_vs_{x.replace('.', '_')}.png"
-            paths.append(plot_rates_vs(sweep.groups, varying, x, out_dir / name, sweep.names))
+            path = plot_rates_vs(sweep.groups, varying, x, out_dir / name, sweep.names)
+            if path is None:
+                notes.append(f"{name}: no run has test scores (eval/<point>/scores.json)")
+            else:
+                paths.append(path)
     if "unknown_fraction" not in varying:
         notes.append("rates_vs_unknown_fraction.png: every run has the same data.unknown_fraction")
     trained = [group for group in sweep.groups if any(run.curve for run in group.runs)]  # not verified twins
@@ -131,10 +135,10 @@ _X_AXES = {
 }
 
 
-def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path, names: Iterable[str]) -> Path:
+def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path, names: Iterable[str]) -> Path | None:
     """Test accuracy and hallucination (or a labelled set's error rate) vs the numeric choice
     `x`, mean with 95% interval bars; a line per setting of the other choices that was run at
-    two values or more."""
+    two values or more. None when no group has a test score to draw."""
     axis_label, x_name = _X_AXES.get(x, (x, x))
     groups = [group for group in groups if is_number(group.choices[x])]  # "?": an unknown count
     # no setting run at two values: each group is a point of its own
@@ -143,6 +147,8 @@ def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path, n
     }
     panels = [(metric, title) for metric, title in _RATE_PANELS
               if any(group_stats(group, point)[metric] for group in groups for point in POINT_STYLE)]
+    if not panels:  # runs fine-tuned with eval_after=false: nothing to draw
+        return None
     figure = Figure(figsize=(5.2 * len(panels), 4.8), layout="constrained")
     axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     values = sorted({group.choices[x] for group in groups})

@@ -106,6 +106,9 @@ def _eval_point_selector(cfg: DictConfig, kb_first: bool) -> Callable[[Path], di
                             "wrote it); fine-tune it again, or score it without mitigation=abstain_uncertain")
         where = str(point_dir / PREDICTIONS_FILE)
         held_out = read_predictions(calibration, "qa")
+        if not any(rule.estimator in (record.get("uncertainty") or {}) for record in held_out):
+            # finetune carries on without a probe its validation set cannot train: that run alone is left out
+            raise aggregate.Unscorable(f"its validation answers carry no {rule.estimator} score")
         threshold = choose_threshold(held_out, rule.estimator, str(rule.target), rule.level, str(calibration))
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
         selected = select_answers(records, rule.estimator, kb_first, threshold, cfg.abstain_phrase, verifier, where)

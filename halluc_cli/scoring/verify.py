@@ -118,7 +118,7 @@ class KBVerifier:
     def check(self, subject: str, relation: str, answer: str) -> Verdict:
         """The KB's verdict on `answer` as the object of (subject, relation)."""
         facts = self.kb.lookup(subject, relation)
-        if not facts or (self.covered is not None and subject not in self.covered):
+        if not facts or (self.covered is not None and normalize_text(subject) not in self.covered):
             return Verdict(UNVERIFIABLE)
         accepted = {normalize_text(form) for fact in facts for form in fact.surface_forms}
         status = SUPPORTED if normalize_text(answer) in accepted else CONTRADICTED

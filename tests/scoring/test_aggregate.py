@@ -372,3 +372,26 @@ def test_over_refusal_columns_of_a_sweep_taught_to_abstain(tmp_path: Path) -> No
     assert "acc answered" in (out / "report.md").read_text() and "abstain known" in (out / "report.md").read_text()
     # the console table puts them after known accuracy (a sweep that abstains on nothing leaves them out)
     assert "answered" in result.stdout and "0.700" in result.stdout and "0.300" in result.stdout
+
+
+def test_a_run_a_score_mitigation_cannot_score_is_skipped_not_fatal(sweep: Path) -> None:
+    from halluc_cli.errors import UserError
+    from halluc_cli.scoring.aggregate import Unscorable
+
+    gathered = gather(str(sweep))
+    first = gathered.runs[0].path
+
+    def rescore(point_dir: Path) -> dict:
+        if first in point_dir.parents:
+            raise Unscorable("its validation answers carry no hidden_probe score")
+        return json.loads((point_dir / "scores.json").read_text())
+
+    twinned = with_verified_runs(gathered, {"rule": rescore})
+    assert twinned.verified_twins == len(gathered.runs) - 1
+    assert (first, "not under rule: its validation answers carry no hidden_probe score") in twinned.skipped
+
+    def never(point_dir: Path) -> dict:
+        raise Unscorable("its validation answers carry no vibes score")
+
+    with pytest.raises(UserError, match="carry no vibes score, nor is any other run"):
+        with_verified_runs(gathered, {"rule": never})
