@@ -208,6 +208,10 @@ def test_duplicate_ids(tmp_path: Path) -> None:
         (["mitigation=kb_verify", "mitigation.policy=delete"], "Invalid value 'delete', expected one of [flag, abstain, correct]"),
         (["task=classification", "mitigation=kb_verify"], "with task=classification use mitigation=none"),
         (["predictions_file=x"], "predictions_file"),  # a misspelled key fails at composition
+        (["kb_coverage=0.5"], "mitigation=none consults none"),
+        (["kb_coverage=0"], "kb_coverage=0.0 is out of range"),
+        (["mitigation=abstain_uncertain", "mitigation.calibration=c.jsonl", "mitigation.beside_kb=true"],
+         "mitigation.beside_kb adds rows to the table of runs="),
     ],
 )
 def test_bad_settings(tmp_path: Path, overrides: list[str], phrase: str) -> None:

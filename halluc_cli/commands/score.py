@@ -88,6 +88,13 @@ def _check_settings(cfg: DictConfig) -> None:
         if cfg.predictions is not None and cfg.mitigation.calibration is None:
             raise UserError("mitigation=abstain_uncertain needs mitigation.calibration=<held-out predictions of the "
                             "same model>, e.g. a finetune run's eval/final/valid_predictions.jsonl")
+        if cfg.predictions is not None and cfg.mitigation.beside_kb:
+            raise UserError("mitigation.beside_kb adds rows to the table of runs=; with predictions= score "
+                            "kb_verify and the rule apart (or mitigation.kb_first=true for the two combined)")
+    consults_kb = name == "kb_verify" or (name == "abstain_uncertain" and (cfg.mitigation.kb_first or cfg.mitigation.beside_kb))
+    if cfg.kb_coverage < 1 and not consults_kb:
+        raise UserError(f"kb_coverage={cfg.kb_coverage:g} limits what the KB verifier consults, and mitigation={name} "
+                        "consults none; use it with mitigation=kb_verify or abstain_uncertain's kb_first / beside_kb")
 
 
 def _selection_threshold(cfg: DictConfig, files: dict[Path, list[dict[str, Any]]]) -> float:
