@@ -48,8 +48,8 @@ class Logger(ABC):
     def log_metrics(self, step: int, metrics: dict[str, Any]) -> None:
         """Record one evaluation's metrics line (it holds `step` too)."""
 
-    def close(self) -> None:
-        """Flush and let go of the log."""
+    def close(self, failed: bool = False) -> None:
+        """Flush and let go of the log; `failed`: training stopped on an error or a kill signal."""
 
 
 class JsonlLogger(Logger):
@@ -104,7 +104,7 @@ class TensorBoardLogger(Logger):
             self.writer.add_scalar(name, value, step)
         self.writer.flush()  # a kill must not lose an evaluation its checkpoint already covers
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.writer is not None:
             self.writer.close()
 
@@ -143,9 +143,9 @@ class WandbLogger(Logger):
         if step >= self.run.step:
             self.run.log(_numbers(metrics), step=step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.run is not None:
-            self.run.finish()
+            self.run.finish(exit_code=1 if failed else 0)  # a crashed run must not read as finished
 
 
 class MlflowLogger(Logger):
@@ -213,9 +213,9 @@ class MlflowLogger(Logger):
         values = [Metric(name, value, now, step) for name, value in _numbers(metrics).items()]
         self.client.log_batch(self.run_id, metrics=values)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.client is not None:
-            self.client.set_terminated(self.run_id)
+            self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
 # logger= option -> (the modules it imports, what pip installs them)

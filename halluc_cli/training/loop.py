@@ -142,11 +142,14 @@ class Trainer:
         if resume_from is not None:
             self._restore(resume_from)
         self._start_logs()
+        failed = True
         try:
-            return self._fit()
+            result = self._fit()
+            failed = False
+            return result
         finally:
             for logger in self.loggers:
-                logger.close()
+                logger.close(failed)
 
     def _start_logs(self) -> None:
         """Open every log at the current step (0, or the checkpoint's on resume)."""

@@ -185,3 +185,14 @@ def test_under_torchrun_the_main_process_alone_logs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one writer, one event file
     assert _tensorboard_curve(run_dir, "val_loss") == _metrics_curve(run_dir, "val_loss")
+
+
+def test_a_run_that_failed_is_closed_as_failed(tmp_path: Path) -> None:
+    (tracker,) = build_trackers(OmegaConf.structured(TRACKERS["mlflow"]), tmp_path)
+    tracker.start(0)
+    tracker.log_metrics(1, {"step": 1, "val_loss": 0.5})
+    tracker.close(failed=True)  # what Trainer.fit does when training raises or is killed
+    client, run_id = _mlflow(tmp_path)
+    assert client.get_run(run_id).info.status == "FAILED"
+    _log("mlflow", tmp_path, 1, [2])  # resumed and finished
+    assert client.get_run(run_id).info.status == "FINISHED"
