@@ -34,8 +34,9 @@ from halluc_cli.scoring.detection import roc_auc
 from halluc_cli.scoring.metrics import is_right
 
 # The uncertainty score each label writes. P(wrong) is one minus a probability of being right,
-# so its calibration (ECE) is judged; P(unknown fact) is not a probability of either.
-ESTIMATORS = {"wrong": "hidden_probe", "unknown": "hidden_probe_unknown"}
+# so its calibration (ECE) is judged; P(unknown fact) is not a probability of either. (Not
+# "hidden_probe_unknown": `score runs=` names a column <score>_unknown_roc_auc.)
+ESTIMATORS = {"wrong": "hidden_probe", "unknown": "unknown_probe"}
 REGULARIZATION = np.logspace(-4, 2, 13)  # the inverse strengths C the cross-validation tries
 MIN_EACH = 3  # answers of each kind a probe needs: 2 folds, each with 2 folds inside
 

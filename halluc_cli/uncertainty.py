@@ -12,7 +12,7 @@ With samples (decoding=sample, num_samples > 1), which cost their own batched ro
   normalization (case, accents, articles, punctuation) and, given a KB, its aliases
   ("Brasilia" = "Brasília"), so no NLI model is needed.
 A trained detector adds its own (`detector=hidden_probe`: `hidden_probe`, the probability that
-the answer is wrong, or `hidden_probe_unknown`, that the fact is unknown; halluc_cli/hidden_probe.py).
+the answer is wrong, or `unknown_probe`, that the fact is unknown; halluc_cli/hidden_probe.py).
 `halluc score` judges how well each separates wrong answers from right ones.
 """
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # scoring reads ESTIMATORS without importing the decoder (and
 # The scores, in the order tables show them; the sampled ones only with samples, the probes' with a probe.
 ESTIMATORS = (
     "neg_logprob", "neg_mean_logprob", "mean_entropy", "sample_disagreement", "semantic_entropy",
-    "hidden_probe", "hidden_probe_unknown",
+    "hidden_probe", "unknown_probe",
 )
 
 # An answer -> the name of its meaning: equal names, one meaning.

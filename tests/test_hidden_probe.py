@@ -107,7 +107,7 @@ def test_out_of_fold_scores_are_not_the_in_sample_ones() -> None:
     features, labels = rng.normal(size=(40, 30)), [bool(i % 2) for i in range(40)]
     probe, held_out = fit_probe(features, labels, layer=0, label="unknown", folds=4, seed=0, trained_on="valid")
     assert not np.allclose(held_out, probe.score(features))
-    assert probe.estimator == "hidden_probe_unknown"
+    assert probe.estimator == "unknown_probe"
 
 
 def test_labels_and_what_a_probe_cannot_learn_from() -> None:
@@ -155,7 +155,7 @@ def probed_run(transformer_run: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def _probe_scores(path: Path) -> dict[str, float]:
     return {
-        record["id"]: record["uncertainty"]["hidden_probe_unknown"]
+        record["id"]: record["uncertainty"]["unknown_probe"]
         for record in map(json.loads, path.read_text().splitlines())
     }
 
@@ -168,7 +168,7 @@ def test_finetune_fits_a_probe_per_eval_point_and_scores_every_answer(probed_run
             scores = _probe_scores(probed_run / "eval" / point / name)
             assert all(0 < score < 1 for score in scores.values())
     scores = json.loads((probed_run / "eval" / "final" / "scores.json").read_text())
-    assert "hidden_probe_unknown" in scores["detection"]["estimators"]
+    assert "unknown_probe" in scores["detection"]["estimators"]
 
 
 def test_generate_scores_new_answers_with_the_runs_saved_probe(probed_run: Path, tmp_path: Path) -> None:

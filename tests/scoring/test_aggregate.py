@@ -395,3 +395,13 @@ def test_a_run_a_score_mitigation_cannot_score_is_skipped_not_fatal(sweep: Path)
 
     with pytest.raises(UserError, match="carry no vibes score, nor is any other run"):
         with_verified_runs(gathered, {"rule": never})
+
+
+def test_every_estimator_gets_both_detection_columns() -> None:
+    # "<estimator>_unknown_roc_auc" must not also be "<another estimator>_roc_auc"
+    from halluc_cli.scoring.aggregate import METRICS
+    from halluc_cli.uncertainty import ESTIMATORS
+
+    for estimator in ESTIMATORS:
+        assert METRICS[f"{estimator}_roc_auc"].path[2] == estimator
+        assert METRICS[f"{estimator}_unknown_roc_auc"].path[2] == estimator
