@@ -623,7 +623,8 @@ EFFECTS = tuple(name for name, metric in METRICS.items() if metric.effect)
 
 def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """For each varied choice, each of its values against its baseline (the first value in
-    sort order: share 0, mitigation none), the other choices equal: a row per eval point with
+    sort order: share 0, mitigation none; a score mitigation's twin: its own fine-tuning
+    mitigation), the other choices equal: a row per eval point with
     the mean and 95% interval of the paired differences (value minus baseline) of EFFECTS.
 
     Runs pair when they share the pretraining replicate and the fine-tuning seed, so what the
@@ -632,12 +633,12 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """
     rows = []
     for name in sweep.varying():
-        baseline = min((group.choices[name] for group in sweep.groups), key=lambda value: sort_key({name: value}, [name]))
+        first = min((group.choices[name] for group in sweep.groups), key=lambda value: sort_key({name: value}, [name]))
         others = [other for other in sweep.names if other != name]
-        bases = {_key(group.choices, others): group for group in sweep.groups
-                 if choice_key(group.choices[name]) == choice_key(baseline)}
+        groups = {(choice_key(group.choices[name]), _key(group.choices, others)): group for group in sweep.groups}
         for group in sweep.groups:
-            base = bases.get(_key(group.choices, others))
+            baseline = _baseline(name, group.choices[name], first)
+            base = groups.get((choice_key(baseline), _key(group.choices, others)))
             if base is None or base is group:
                 continue
             context = {other: group.choices[other] for other in sweep.varying() if other != name}
@@ -647,6 +648,15 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
                     rows.append({"setting": name, "value": group.choices[name], "baseline": baseline, **context,
                                  "eval": point, **row})
     return rows
+
+
+def _baseline(name: str, value: Any, first: Any) -> Any:
+    """What `value` of choice `name` is compared with: the first value, except for a score
+    mitigation's twin ("<fine-tuning mitigation>+<label>"), compared with its own fine-tuning
+    mitigation, so the difference is the score mitigation's alone."""
+    if name == "mitigation" and "+" in str(value):
+        return str(value).partition("+")[0]
+    return first
 
 
 def effect_columns(sweep: Sweep) -> list[str]:

@@ -389,6 +389,8 @@ def test_a_run_a_score_mitigation_cannot_score_is_skipped_not_fatal(sweep: Path)
     twinned = with_verified_runs(gathered, {"rule": rescore})
     assert twinned.verified_twins == len(gathered.runs) - 1
     assert (first, "not under rule: its validation answers carry no hidden_probe score") in twinned.skipped
+    twins = [row for row in effect_rows(twinned) if "+rule" in str(row["value"])]
+    assert twins and all(row["baseline"] == row["value"].removesuffix("+rule") for row in twins)  # its own training
 
     def never(point_dir: Path) -> dict:
         raise Unscorable("its validation answers carry no vibes score")
