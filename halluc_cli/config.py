@@ -469,7 +469,10 @@ class PrepareConfig:
     """How pretrain turns the corpus into token files (`halluc_cli.data.tokens`); the ids are
     the same whatever these are, so a resumed run may change them."""
 
-    num_workers: Optional[int] = positive(None)  # processes that tokenize; None: the machine's cores, at most 8
+    # Processes that tokenize; None: the machine's cores, at most 8. 1 by default: the workers are
+    # forked, and a fork of a process whose other threads hold a lock (a submitit job's, the
+    # tokenizer's own pool) can hang; more is for a plain `halluc pretrain` of a large corpus.
+    num_workers: Optional[int] = positive(1)
     shard_lines: int = positive(100_000)  # lines a shard: the unit a worker takes, and a rerun after a kill keeps
 
 
