@@ -97,7 +97,7 @@ def test_dropping_every_example_is_a_clear_error(lstm_run: Path, tmp_path: Path)
 def test_a_checkpoint_trained_without_cleaning_is_not_resumed_with_it(lstm_run: Path, tmp_path: Path) -> None:
     assert finetune(tmp_path, lstm_run).exit_code == 0
     result = finetune(tmp_path, lstm_run, "mitigation=clean")
-    assert result.exit_code == 2 and "it was started without mitigation=clean" in result.stderr
+    assert result.exit_code == 2 and "trained with mitigation.name=none, not clean" in result.stderr
 
 
 def test_bad_unknown_action_is_one_line_and_writes_nothing(lstm_run: Path, tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_misspelled_clean_key_fails_at_composition(lstm_run: Path, tmp_path: Pat
 def test_kb_verify_belongs_to_score_and_clean_to_finetune(lstm_run: Path, tmp_path: Path) -> None:
     result = finetune(tmp_path / "ft", lstm_run, "mitigation=kb_verify")
     assert result.exit_code == 2
-    assert "Could not find 'mitigation/kb_verify'; Available options in 'mitigation': clean, none" in result.stderr
+    assert "Could not find 'mitigation/kb_verify'; Available options in 'mitigation': clean, distill, none, replay" in result.stderr
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text(json.dumps({"id": "1", "question": "q", "prediction": "Paris", "answer": "Paris",
                                        "known": True, "abstained": False}) + "\n")
