@@ -19,6 +19,7 @@ from halluc_cli.errors import UserError
 from halluc_cli.training.distributed import check_batch_split, check_last_batch, process_rows
 
 
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "halluc_cli"]
 
 
@@ -60,12 +61,15 @@ def test_two_processes_pretrain_and_finetune_like_one(tmp_path: Path) -> None:
     state = torch.load(tmp_path / "two" / "checkpoint" / "training_state.pt", weights_only=True)
     assert state["step"] == 6 and state["carry"][0][0].shape[1] == 8  # the LSTM state of the global batch
 
-    finetune = ["train.max_steps=4", "train.eval_every=2", "train.save_every=2", "eval_after=false"]
+    # with a tracker: only the main process logs (one writer, one event file)
+    finetune = ["train.max_steps=4", "train.eval_every=2", "train.save_every=2", "eval_after=false", "logger=tensorboard"]
     one = run_cli("finetune", *TINY, f"ckpt={tmp_path / 'one'}", f"hydra.run.dir={tmp_path / 'ft_one'}", *finetune)
     assert one.exit_code == 0, one.stderr
     torchrun("finetune", *TINY, f"ckpt={tmp_path / 'one'}", f"hydra.run.dir={tmp_path / 'ft_two'}", *finetune)
     _assert_same_curves(tmp_path / "ft_one", tmp_path / "ft_two")
-    assert _listing(tmp_path / "ft_two") == _listing(tmp_path / "ft_one")
+    untracked = lambda run_dir: [name for name in _listing(run_dir) if not name.startswith("tensorboard/")]  # noqa: E731
+    assert untracked(tmp_path / "ft_two") == untracked(tmp_path / "ft_one")
+    assert len(list((tmp_path / "ft_two" / "tensorboard").iterdir())) == 1
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ tracker's own reader, and continues its run when a killed run resumes."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,7 +100,13 @@ def test_mlflow_store_in_the_run_dir_holds_the_curve_and_params(tmp_path: Path) 
 def test_wandb_offline_run_in_the_run_dir_holds_metrics_and_config(tmp_path: Path) -> None:
     _log("wandb", tmp_path, 0, [10, 20])
     run_id = (tmp_path / "wandb" / "halluc_run_id").read_text()
-    (name, record), = _wandb_records(tmp_path).items()
+    # W&B's own service process writes the file; on a busy machine it lands a moment after finish()
+    deadline = time.monotonic() + 30
+    while True:
+        (name, record), = _wandb_records(tmp_path).items()
+        if b"val_loss" in record or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert name.endswith(f"-{run_id}")
     assert b"val_loss" in record and b"train.lr" in record and b"data.relations" in record
 
@@ -171,20 +177,6 @@ def test_a_bad_logger_name_is_one_line_error_naming_the_options(tmp_path: Path) 
     result = run_cli("pretrain", *TINY, f"hydra.run.dir={tmp_path / 'run'}", "logger=[tensorboard,mlfow]")
     assert_one_line_error(result, "logger/mlfow", "Available options in 'logger': jsonl, mlflow, tensorboard, wandb")
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_under_torchrun_the_main_process_alone_logs(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "halluc_cli"]
-    settings = ["model.dropout=0.0", "train.max_steps=6", "train.eval_every=3", "train.save_every=3"]
-    result = subprocess.run(
-        [*command, "pretrain", *TINY, f"hydra.run.dir={run_dir}", "logger=tensorboard", *settings],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list((run_dir / "tensorboard").iterdir())) == 1  # one writer, one event file
-    assert _tensorboard_curve(run_dir, "val_loss") == _metrics_curve(run_dir, "val_loss")
 
 
 def test_a_run_that_failed_is_closed_as_failed(tmp_path: Path) -> None:
