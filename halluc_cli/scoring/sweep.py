@@ -32,7 +32,7 @@ from halluc_cli.scoring.metrics import score_predictions
 from halluc_cli.scoring.report import write_report
 from halluc_cli.scoring.selective import choose_threshold, select_answers, selection_summary
 from halluc_cli.scoring.tables import print_effects, print_sweep
-from halluc_cli.scoring.verify import verification_summary
+from halluc_cli.scoring.verify import KBVerifier, verification_summary
 
 
 def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
@@ -41,7 +41,7 @@ def gather_sweep(cfg: DictConfig) -> aggregate.Sweep:
     sweep = aggregate.gather(cfg.runs)
     if cfg.mitigation.name == "kb_verify":
         policy = str(cfg.mitigation.policy)
-        sweep = aggregate.with_verified_runs(sweep, {_verify_label(cfg, policy): _eval_point_verifier(cfg, policy)})
+        sweep = aggregate.with_verified_runs(sweep, {_verify_label(cfg, policy): _eval_point_verifier(kb_verifier(cfg), policy)})
     elif cfg.mitigation.name == "abstain_uncertain":
         sweep = aggregate.with_verified_runs(sweep, _selective_mitigations(cfg))
     for path, why in sweep.skipped:
@@ -72,32 +72,36 @@ def write_sweep(sweep: aggregate.Sweep, run_dir: Path) -> Path:
     return write_report(run_dir / SWEEP_REPORT_FILE, sweep, summary, effects, plots)
 
 
+def _coverage(cfg: DictConfig) -> str:
+    """The label part that says the verifier consults part of the KB (kb_coverage)."""
+    return f",kb_coverage={cfg.kb_coverage:g}" if cfg.kb_coverage < 1 else ""
+
+
 def _verify_label(cfg: DictConfig, policy: Any) -> str:
-    coverage = f",kb_coverage={cfg.kb_coverage:g}" if cfg.kb_coverage < 1 else ""
-    return f"kb_verify({policy}{coverage})"
+    return f"kb_verify({policy}{_coverage(cfg)})"
 
 
 def _selective_mitigations(cfg: DictConfig) -> dict[str, Callable[[Path], dict[str, Any]]]:
     """Selective answering as configured; with `beside_kb`, also the rule alone, KB
     verification alone (withholding what the KB contradicts) and the two combined (kb_first),
     each a row of the one table."""
-    rule = cfg.mitigation
+    rule, verifier = cfg.mitigation, kb_verifier(cfg)  # one KB for every row
     variants = [rule.kb_first] if not rule.beside_kb else [False, True]
     mitigations = {}
     for kb_first in variants:
-        kb = f",kb_first{f',kb_coverage={cfg.kb_coverage:g}' if cfg.kb_coverage < 1 else ''}" if kb_first else ""
+        kb = f",kb_first{_coverage(cfg)}" if kb_first else ""
         label = f"abstain_uncertain({rule.estimator},{rule.target}={rule.level:g}{kb})"
-        mitigations[label] = _eval_point_selector(cfg, kb_first)
+        mitigations[label] = _eval_point_selector(cfg, verifier, kb_first)
     if rule.beside_kb:
-        mitigations = {_verify_label(cfg, "abstain"): _eval_point_verifier(cfg, "abstain"), **mitigations}
+        mitigations = {_verify_label(cfg, "abstain"): _eval_point_verifier(verifier, "abstain"), **mitigations}
     return mitigations
 
 
-def _eval_point_selector(cfg: DictConfig, kb_first: bool) -> Callable[[Path], dict[str, Any]]:
+def _eval_point_selector(cfg: DictConfig, verifier: KBVerifier, kb_first: bool) -> Callable[[Path], dict[str, Any]]:
     """Scores of a finetune run's eval/<point>/ test answers after selective answering (the KB
     deciding first the answers it covers if `kb_first`), its threshold chosen on that point's
     validation answers."""
-    rule, verifier = cfg.mitigation, kb_verifier(cfg)
+    rule = cfg.mitigation
 
     def select(point_dir: Path) -> dict[str, Any]:
         calibration = point_dir / VALID_PREDICTIONS_FILE
@@ -118,9 +122,8 @@ def _eval_point_selector(cfg: DictConfig, kb_first: bool) -> Callable[[Path], di
     return select
 
 
-def _eval_point_verifier(cfg: DictConfig, policy: str) -> Callable[[Path], dict[str, Any]]:
+def _eval_point_verifier(verifier: KBVerifier, policy: str) -> Callable[[Path], dict[str, Any]]:
     """Scores of a finetune run's eval/<point>/ test answers after KB verification under `policy`."""
-    verifier = kb_verifier(cfg)
 
     def verify(point_dir: Path) -> dict[str, Any]:
         records = read_predictions(point_dir / PREDICTIONS_FILE, "qa")
