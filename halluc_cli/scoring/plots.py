@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from halluc_cli.io import atomic_path
 from halluc_cli.scoring.aggregate import (
     Group,
     Sweep,
@@ -97,9 +98,9 @@ def _families(groups: Iterable[Group], apart: str, varying: list[str]) -> dict[s
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI)
+    with atomic_path(path) as tmp:  # the temp name ends in .tmp: the format comes from `path`
+        figure.savefig(tmp, dpi=DPI, format=path.suffix.lstrip("."))
     return path
 
 
