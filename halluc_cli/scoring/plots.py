@@ -104,6 +104,17 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
+def _legend_below(figure: Figure, handles: list[Any], columns: int) -> None:
+    """The figure's legend under its panels, in up to `columns` columns, as many as fit the
+    figure's width: long labels (a sweep's score mitigations) take more rows instead."""
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    for ncol in range(min(len(handles), columns), 0, -1):
+        legend = figure.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize="small")
+        if ncol == 1 or legend.get_window_extent(renderer).width <= figure.bbox.width:
+            return
+        legend.remove()
+
+
 def _colors(count: int) -> list[Any]:
     from matplotlib import colormaps
 
@@ -192,7 +203,7 @@ def plot_rates_vs(groups: list[Group], varying: list[str], x: str, path: Path, n
     fixed = _fixed([group for family in families.values() for group in family], x, names)
     figure.suptitle(f"Test rates vs {x_name}"
                     + (f"\n{fixed}" if fixed else "") + "\n(mean over seeds, bars: 95% interval, inside [0, 1])")
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+    _legend_below(figure, handles, 4)
     return _save(figure, path)
 
 
@@ -247,7 +258,7 @@ def plot_train_accuracy(groups: list[Group], varying: list[str], path: Path, nam
     fixed = _fixed(groups, "unknown_fraction", names)
     figure.suptitle("Fitting known vs unknown fine-tuning examples (mean over seeds)"
                     + (f"\n{fixed}" if fixed else ""))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize="small")
+    _legend_below(figure, handles, 4)
     return _save(figure, path)
 
 
@@ -308,7 +319,7 @@ def plot_freeze_strategies(groups: list[Group], varying: list[str], path: Path, 
     figure.suptitle(f"Freeze strategies: rates at the {where}, mean over seeds, bars: 95% interval"
                     + (f"\n{fixed}" if fixed else ""))
     if len(families) > 1:  # one family: the subtitle already names its settings
-        figure.legend(loc="outside lower center", ncol=min(len(families), 3), fontsize="small")
+        _legend_below(figure, axes[0].get_legend_handles_labels()[0], 3)
     return _save(figure, path)
 
 
@@ -365,7 +376,7 @@ def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iter
     fixed = _fixed(groups, "unknown_fraction", names)
     figure.suptitle("Forgetting ledger: held-out known facts after fine-tuning (mean over seeds)"
                     + (f"\n{fixed}" if fixed else ""))
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize="small")
+    _legend_below(figure, handles, 5)
     return _save(figure, path)
 
 

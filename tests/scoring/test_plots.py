@@ -1,13 +1,16 @@
-"""The plots of `halluc score` (halluc_cli/scoring/plots.py): written atomically."""
+"""The plots of `halluc score` (halluc_cli/scoring/plots.py): written atomically, legends inside the figure."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from halluc_cli.scoring.plots import plot_risk_coverage
+from halluc_cli.scoring import plots
+from halluc_cli.scoring.aggregate import Group, Run
+from halluc_cli.scoring.plots import plot_rates_vs, plot_risk_coverage
 
 CURVES = {"neg_mean_logprob": [(0.5, 0.1), (1.0, 0.3)]}
 
@@ -25,3 +28,31 @@ def test_a_plot_that_fails_midway_leaves_the_old_file(tmp_path: Path, monkeypatc
         plot_risk_coverage(CURVES, (0.8, 0.2), path)
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["risk_coverage.png"]  # no temp file left
+
+
+def _known_rates(accuracy: float) -> dict:
+    return {"n": 10, "accuracy": accuracy, "abstention_rate": 0.0, "hallucination_rate": 1 - accuracy}
+
+
+def _group(fraction: float, mitigation: str) -> Group:
+    """Two seeds scored on known test questions only (two panels: a narrow figure)."""
+    scores = {point: {"by_known": {"known": _known_rates(0.8 - fraction / 2)}} for point in ("early_stop", "final")}
+    choices = {"unknown_fraction": fraction, "mitigation": mitigation}
+    return Group(choices, [Run(Path(f"{fraction}-{mitigation}-{seed}"), seed, "r", choices, scores, {}, [])
+                           for seed in (0, 1)])
+
+
+def test_a_legend_of_many_score_mitigations_fits_the_figure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mitigations = [f"{name}+{score}" for name in ("none", "clean", "distill", "replay")
+                   for score in ("kb_verify(abstain)", "abstain_uncertain(neg_mean_logprob)")]
+    groups = [_group(fraction, mitigation) for fraction in (0.0, 0.5, 1.0) for mitigation in mitigations]
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or path)
+    names = ["unknown_fraction", "mitigation"]
+    plot_rates_vs(groups, names, "unknown_fraction", tmp_path / "rates.png", names)
+    (figure,) = saved
+    FigureCanvasAgg(figure).draw()
+    (legend,) = figure.legends
+    box = legend.get_window_extent()
+    assert len(legend.get_texts()) == len(mitigations) + 2  # and the two eval points
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1
