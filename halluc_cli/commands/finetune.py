@@ -106,8 +106,8 @@ class FinetuneData:
     build: Callable[[DictConfig, SetsContext], dict[str, list[QAExample]]]
     # the fine-tuning set -> the groups whose train accuracy each evaluation logs
     fit_groups: Callable[[list[QAExample]], dict[str, list[QAExample]]]
-    # finetune cfg -> the scorer of one set of weights' test answers (what it needs read once)
-    scorer: Callable[[DictConfig], Scorer]
+    # the run's KB (None: the data has none) -> the scorer of one set of weights' test answers
+    scorer: Callable[[KnowledgeBase | None], Scorer]
 
 
 def _kbqa_pool(cfg: DictConfig, source: ModelSource) -> list[QAExample] | None:
@@ -156,9 +156,7 @@ def _known_groups(examples: list[QAExample]) -> dict[str, list[QAExample]]:
     }
 
 
-def _qa_scorer(cfg: DictConfig) -> Scorer:
-    kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None  # once for both sets of weights
-
+def _qa_scorer(kb: KnowledgeBase | None) -> Scorer:
     def score(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
         scores = {**score_predictions(records, kb), "detection": judge_detectors(records, kb)}
         headline = {
@@ -192,7 +190,7 @@ FINETUNE_DATA: dict[type, FinetuneData] = {
         lambda cfg, source: None,
         _labelled_sets,
         lambda examples: {"train_acc": examples},
-        lambda cfg: _score_labelled,
+        lambda kb: _score_labelled,
     ),
 }
 
@@ -361,8 +359,8 @@ def evaluate_tests(
     template, abstain_phrase = qa_format(cfg.data)
     examples = [example for name in _test_sets(qa_sets) for example in qa_sets[name]]
     asked = examples + qa_sets["valid"]  # the validation set too: held-out answers to calibrate on
-    score = kind.scorer(cfg)
-    kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None
+    kb = load_kb(cfg.data.kb.path) if "kb" in cfg.data else None  # once for both sets of weights
+    score = kind.scorer(kb)
     meaning = answer_meaning(kb)  # groups the samples
     probe_layer = cfg.detector.layer if cfg.detector.name == "hidden_probe" else None
     ledger = _ledger(cfg, qa_sets["finetune"], examples, kb, tokenizer, device, dtype) if cfg.ledger else None
