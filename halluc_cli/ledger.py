@@ -34,13 +34,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import DictConfig
+
+from halluc_cli.data.kb import KnowledgeBase
 from halluc_cli.data.normalize import normalize_text
-from halluc_cli.data.qa import QAExample, abstains
+from halluc_cli.data.qa import QAExample, abstains, qa_format
+from halluc_cli.errors import UserError
 from halluc_cli.io import atomic_write_jsonl
 from halluc_cli.rundir import LEDGER_FILE
-from halluc_cli.scoring.metrics import is_right
+from halluc_cli.scoring.metrics import is_right, kb_aliases
 
-if TYPE_CHECKING:  # score runs= reads SHARES without importing the decoder (and torch)
+# score runs= reads SHARES without importing the decoder (and torch): what needs the probe
+# module imports it when called
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from halluc_cli.models import LanguageModel
     from halluc_cli.probe import Completion
 
 KNOWN_CATEGORIES = ("retained", "lost", "stored_not_extracted", "confident_wrong", "never_stored")
@@ -144,3 +154,44 @@ class Ledger:
         records = ledger_records(predictions, self.before, after, self.taught, self.confidence, self.aliases)
         atomic_write_jsonl(out_dir / LEDGER_FILE, records)
         return ledger_shares(records)
+
+
+def check_ledger(cfg: DictConfig) -> None:
+    """ledger=true asks the test facts as KB statements beside eval_after's answers: it needs
+    both, and a statement template per relation to ask in (a UserError before anything runs)."""
+    if not cfg.ledger:
+        return
+    if not cfg.eval_after:
+        raise UserError("ledger=true reads the test answers of eval_after; set eval_after=true or ledger=false")
+    if "kb" not in cfg.data:
+        raise UserError(f"ledger=true asks each fact as a KB statement; it needs data=kbqa, not data={cfg.data.name}")
+    _statement_templates(cfg.data)
+
+
+def _statement_templates(data: DictConfig) -> dict[str, str]:
+    """relation -> the statement template the ledger asks its facts in (the relations of data=kbqa)."""
+    from halluc_cli.probe import cloze_templates
+
+    relations = [relation for relation in data.relations or data.kb.relations if relation in data.kb.relations]
+    return cloze_templates({relation: list(data.kb.relations[relation].statements) for relation in relations})
+
+
+def statement_completions(
+    cfg: DictConfig, model: LanguageModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
+    examples: Sequence[QAExample],
+) -> list[Completion]:
+    """Each example's fact as the cloze of its relation's statement template, answered greedily by `model`."""
+    from halluc_cli.probe import ModelAnswerer, complete_statements
+
+    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device)
+    return complete_statements(answerer, examples, _statement_templates(cfg.data))
+
+
+def start_ledger(
+    cfg: DictConfig, before: list[Completion], finetune_set: Sequence[QAExample], kb: KnowledgeBase
+) -> Ledger:
+    """The ledger of a finetune run (`cfg`), given its held-out facts' statement completions by
+    the pretrained weights: the objects `finetune_set` taught through unknown examples, and the
+    KB's aliases to judge QA answers by."""
+    _, abstain_phrase = qa_format(cfg.data)
+    return Ledger(before, taught_objects(finetune_set, abstain_phrase), cfg.ledger_confidence, kb_aliases(kb))

@@ -41,7 +41,7 @@ from halluc_cli.decoding import Decoder
 from halluc_cli.errors import UserError
 from halluc_cli.hidden_probe import train_and_score
 from halluc_cli.io import atomic_write_json, atomic_write_jsonl, complete_dir
-from halluc_cli.ledger import SHARES as LEDGER_SHARES, Ledger, taught_objects
+from halluc_cli.ledger import SHARES as LEDGER_SHARES, Ledger, check_ledger, start_ledger, statement_completions
 from halluc_cli.scoring.detection import judge_detectors
 from halluc_cli.scoring.metrics import classification_metrics, kb_aliases, score_predictions
 from halluc_cli.mitigation import check_finetune_mitigation, prepare_finetune_set
@@ -55,12 +55,9 @@ from halluc_cli.predictions import decode_answers, prediction_records
 from halluc_cli.uncertainty import answer_meaning
 from halluc_cli.probe import (
     CATEGORIES,
-    Completion,
     ModelAnswerer,
     ProbePrompt,
     build_probes,
-    cloze_templates,
-    complete_statements,
     knowledge_records,
     model_identity,
     probe_pool,
@@ -216,7 +213,7 @@ def run(cfg: DictConfig) -> None:
     check_finetune_mitigation(cfg.mitigation)  # before the run dir gets anything
     check_trackers(cfg.logger)
     kind = finetune_data(cfg)
-    _check_ledger(cfg)
+    check_ledger(cfg)
     qa_format(cfg.data)  # a prompt template that cannot be filled fails here, not after training
     source = resolve_model(cfg.ckpt)
     # What can be checked without the weights is, before the run dir gets anything: the facts
@@ -372,7 +369,7 @@ def evaluate_tests(
         model = load_model(model_dir, dtype=dtype).to(device)
         decoder = Decoder(model, tokenizer, cfg.decoding, device, cfg.seed, hidden_layer=probe_layer)
         answers = decode_answers(decoder, asked, template)
-        after = _complete_statements(cfg, model, tokenizer, device, examples) if ledger is not None else []
+        after = statement_completions(cfg, model, tokenizer, device, examples) if ledger is not None else []
         del decoder, model  # before the next point's weights load
         release_memory(device)
         records = prediction_records(asked, answers, abstain_phrase, meaning)
@@ -395,23 +392,6 @@ def evaluate_tests(
     return headline
 
 
-def _check_ledger(cfg: DictConfig) -> None:
-    """ledger=true asks the test facts as KB statements beside eval_after's answers: it needs both."""
-    if not cfg.ledger:
-        return
-    if not cfg.eval_after:
-        raise UserError("ledger=true reads the test answers of eval_after; set eval_after=true or ledger=false")
-    if "kb" not in cfg.data:
-        raise UserError(f"ledger=true asks each fact as a KB statement; it needs data=kbqa, not data={cfg.data.name}")
-    _ledger_templates(cfg.data)
-
-
-def _ledger_templates(data: DictConfig) -> dict[str, str]:
-    """relation -> the statement template the ledger asks its facts in (the relations of data=kbqa)."""
-    relations = [relation for relation in data.relations or data.kb.relations if relation in data.kb.relations]
-    return cloze_templates({relation: list(data.kb.relations[relation].statements) for relation in relations})
-
-
 def _ledger(
     cfg: DictConfig,
     finetune_set: list[QAExample],
@@ -421,25 +401,14 @@ def _ledger(
     device: torch.device,
     dtype: torch.dtype,
 ) -> Ledger:
-    """The ledger's part that no eval point changes: the test facts completed by the pretrained
-    weights (`ckpt`, loaded again: on resume the model in memory had trained) and the objects
-    the fine-tuning set taught through unknown examples."""
+    """The ledger's part that no eval point changes (`start_ledger`), its 'before' completed by
+    the pretrained weights (`ckpt`, loaded again: on resume the model in memory had trained)."""
     source = resolve_model(cfg.ckpt)
     pretrained = open_model(source.model_dir, trust_remote_code=cfg.trust_remote_code, dtype=dtype).to(device)
-    before = _complete_statements(cfg, pretrained, tokenizer, device, examples)
+    before = statement_completions(cfg, pretrained, tokenizer, device, examples)
     del pretrained
     release_memory(device)
-    _, abstain_phrase = qa_format(cfg.data)
-    return Ledger(before, taught_objects(finetune_set, abstain_phrase), cfg.ledger_confidence, kb_aliases(kb))
-
-
-def _complete_statements(
-    cfg: DictConfig, model: LanguageModel, tokenizer: PreTrainedTokenizerBase, device: torch.device,
-    examples: list[QAExample],
-) -> list[Completion]:
-    """Each example's fact as the cloze of its relation's statement template, answered greedily by `model`."""
-    answerer = ModelAnswerer(model, tokenizer, cfg.probe, device)
-    return complete_statements(answerer, examples, _ledger_templates(cfg.data))
+    return start_ledger(cfg, before, finetune_set, kb)
 
 
 def _check_detector(cfg: DictConfig, model_dir: str) -> None:
