@@ -62,6 +62,7 @@ DERIVED = {
 }
 # Overrides that are seeds, not conditions: runs that differ only in these are repeats of one
 # group. `ckpt` is the pretraining replicate; a labelled run's data.split_seed draws its split.
+UNSET = "?"  # a choice a run's config does not set (mitigation.inputs of mitigation=none)
 SEEDS = ("seed", "probe.seed", "ckpt", "data.split_seed")
 # Overrides of how a run runs, not of what it measures (a key or a section of keys).
 RUNNING = ("hydra", "device", "resume", "train.progress", "experiment", "summary_table", "eval_after")
@@ -402,11 +403,11 @@ def _setting(config: Mapping[str, Any], key: str, given: str | None) -> Any:
     for part in key.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
     if isinstance(value, Mapping):
-        return given if given is not None else str(value.get("name", "?"))
+        return given if given is not None else str(value.get("name", UNSET))
     if isinstance(value, list):
         return _compact(value)
     if value is None:
-        return given if given is not None else "?"
+        return given if given is not None else UNSET
     return value
 
 
@@ -466,7 +467,7 @@ def _model_family(path: Path, config: Mapping[str, Any]) -> str:
             except (json.JSONDecodeError, KeyError, TypeError):
                 pass
     model = _pretrain_config(config).get("model")
-    return str(model.get("name", "?")) if isinstance(model, Mapping) else "?"
+    return str(model.get("name", UNSET)) if isinstance(model, Mapping) else UNSET
 
 
 def _paraphrases(config: Mapping[str, Any]) -> Any:
@@ -475,7 +476,7 @@ def _paraphrases(config: Mapping[str, Any]) -> Any:
     for data in (_pretrain_config(config).get("data"), config.get("data")):
         if isinstance(data, Mapping) and data.get("paraphrases") is not None:
             return data["paraphrases"]
-    return "?"
+    return UNSET
 
 
 def _pretrain_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -634,11 +635,9 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
     rows = []
     for name in sweep.varying():
         first = min((group.choices[name] for group in sweep.groups), key=lambda value: sort_key({name: value}, [name]))
-        others = [other for other in sweep.names if other != name]
-        groups = {(choice_key(group.choices[name]), _key(group.choices, others)): group for group in sweep.groups}
         for group in sweep.groups:
             baseline = _baseline(name, group.choices[name], first)
-            base = groups.get((choice_key(baseline), _key(group.choices, others)))
+            base = _base_group(sweep, name, baseline, group)
             if base is None or base is group:
                 continue
             context = {other: group.choices[other] for other in sweep.varying() if other != name}
@@ -648,6 +647,25 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
                     rows.append({"setting": name, "value": group.choices[name], "baseline": baseline, **context,
                                  "eval": point, **row})
     return rows
+
+
+def _base_group(sweep: Sweep, name: str, baseline: Any, group: Group) -> Group | None:
+    """The group whose `name` is `baseline` and whose other choices are `group`'s. A setting of
+    the compared choice's own (mitigation.inputs beside mitigation) must match only where both
+    groups have it: distill's inputs say nothing of mitigation=none, which has none (UNSET)."""
+    for base in sweep.groups:
+        if choice_key(base.choices[name]) != choice_key(baseline):
+            continue
+        if all(_same_setting(other, name, base.choices[other], group.choices[other])
+               for other in sweep.names if other != name):
+            return base
+    return None
+
+
+def _same_setting(other: str, name: str, value: Any, reference: Any) -> bool:
+    if other.startswith(name + ".") and UNSET in (value, reference):
+        return True
+    return choice_key(value) == choice_key(reference)
 
 
 def _baseline(name: str, value: Any, first: Any) -> Any:
@@ -664,10 +682,6 @@ def effect_columns(sweep: Sweep) -> list[str]:
     and each EFFECTS metric's difference STATS."""
     return ["setting", "value", "baseline", *sweep.varying(), "eval", "n_replicates", "n_pairs",
             *(f"{name}_diff_{stat}" for name in EFFECTS for stat in STATS)]
-
-
-def _key(choices: Mapping[str, Any], names: Iterable[str]) -> tuple[str, ...]:
-    return tuple(choice_key(choices.get(name)) for name in names)
 
 
 def _paired(group: Group, base: Group, point: str) -> dict[str, Any] | None:

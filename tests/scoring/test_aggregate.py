@@ -300,6 +300,25 @@ def test_replicates_and_seeds(tmp_path: Path) -> None:
     assert effect["unknown_abstention_rate_diff_low"] == pytest.approx(0.5)
 
 
+def test_a_mitigation_with_its_own_setting_is_compared_with_none(tmp_path: Path) -> None:
+    """`mitigation=distill mitigation.inputs=both` beside `mitigation=none`: none has no inputs
+    (UNSET), which must not keep distill from its baseline, and inputs=finetune is its own row."""
+    for mitigation, inputs in (("none", None), ("distill", "both"), ("distill", "finetune")):
+        for seed in (0, 1):
+            run_dir = tmp_path / "finetune" / f"{mitigation}_{inputs}" / str(seed)
+            overrides = (f"mitigation={mitigation}", f"seed={seed}") + ((f"mitigation.inputs={inputs}",) if inputs else ())
+            make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=tmp_path / "pretrain", overrides=overrides)
+            if inputs:
+                config = json.loads((run_dir / "config.yaml").read_text())
+                config["mitigation"]["inputs"] = inputs
+                (run_dir / "config.yaml").write_text(json.dumps(config))
+    sweep = gather(str(tmp_path / "finetune"))
+    assert sweep.varying() == ["mitigation", "mitigation.inputs"]
+    effects = [row for row in effect_rows(sweep) if row["eval"] == "final" and row["setting"] == "mitigation"]
+    assert sorted(row["mitigation.inputs"] for row in effects) == ["both", "finetune"]
+    assert all(row["baseline"] == "none" and row["n_pairs"] == 2 for row in effects)
+
+
 def test_report_and_a_table_that_fits_100_columns(gathered: tuple[Path, str], sweep: Path) -> None:
     out, stdout = gathered
     report = (out / "report.md").read_text()
