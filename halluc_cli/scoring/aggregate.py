@@ -85,6 +85,9 @@ def _rates(group: str, name: str) -> tuple[str, ...]:
     return ("overall", name) if group == "all" else ("by_known", group, name)
 
 
+LEDGER_HEADERS = {"retained": "retained\nledger", "lost": "lost\nledger",
+                  "stored_not_extracted": "not extr.\nledger", "confident_wrong": "conf. wrong\nledger"}
+
 # Column name -> its metric, the table's first (the sweep's table shows as many as fit).
 METRICS: dict[str, Metric] = {
     "known_accuracy": Metric(_rates("known", "accuracy"), "acc\nknown", effect=True),
@@ -113,8 +116,10 @@ METRICS: dict[str, Metric] = {
         for rate in ("accuracy", "hallucination_rate")
     },
     # finetune ledger=true (halluc_cli/ledger.py): each category's share of the held-out known
-    # (unknown) facts, and the spill-over rate over all of them
-    **{f"ledger_{name}": Metric(("ledger", name)) for name in LEDGER_SHARES},
+    # (unknown) facts, and the spill-over rate over all of them; the split of known accuracy's
+    # drop into lost storage and failed extraction is read off the paired differences
+    **{f"ledger_{name}": Metric(("ledger", name), LEDGER_HEADERS.get(name, ""), effect=name in LEDGER_HEADERS)
+       for name in LEDGER_SHARES},
     # each uncertainty score as a detector (scoring/detection.py): of wrong vs right answers,
     # and of unknown-fact vs known-fact questions
     **{

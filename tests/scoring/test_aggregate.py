@@ -426,3 +426,22 @@ def test_every_estimator_gets_both_detection_columns() -> None:
     for estimator in ESTIMATORS:
         assert METRICS[f"{estimator}_roc_auc"].path[2] == estimator
         assert METRICS[f"{estimator}_unknown_roc_auc"].path[2] == estimator
+
+
+def test_the_ledger_shares_are_paired_effects(tmp_path: Path) -> None:
+    """Known accuracy's drop splits into lost storage and failed extraction by the paired
+    differences of the ledger's shares (ledger=true runs)."""
+    for fraction, lost in ((0.0, 0.1), (0.5, 0.3)):
+        for seed in (0, 1):
+            run_dir = tmp_path / "finetune" / str(fraction) / str(seed)
+            make_run(run_dir, fraction, "none", "none", seed, ckpt=tmp_path / "pretrain",
+                     overrides=(f"data.unknown_fraction={fraction}", f"seed={seed}"))
+            for point in ("early_stop", "final"):
+                scores_file = run_dir / "eval" / point / "scores.json"
+                scores = json.loads(scores_file.read_text())
+                scores["ledger"] = {"retained": 0.8 - lost, "lost": lost + 0.01 * seed, "stored_not_extracted": 0.1}
+                scores_file.write_text(json.dumps(scores))
+    effect = next(row for row in effect_rows(gather(str(tmp_path / "finetune"))) if row["eval"] == "final")
+    assert effect["ledger_lost_diff_mean"] == pytest.approx(0.2)
+    assert effect["ledger_retained_diff_mean"] == pytest.approx(-0.2)
+    assert effect["ledger_stored_not_extracted_diff_mean"] == pytest.approx(0.0)
