@@ -9,6 +9,11 @@ storage as the pretraining format shows it, apart from what QA fine-tuning can e
     python scripts/statement_recall.py outputs/kbqa_unknown_sweep/pretrain --template 2
 
 prints, per run and relation, completed / asked facts (`--facts unknown`: the held-out side).
+`--frame` asks in a frame of your own instead, for the relations it names: how much of the
+recall survives words the pretraining never put before the subject (README Results 8, LSTM):
+
+    python scripts/statement_recall.py outputs/lstm/pretrain --relation capital \
+        --frame "What is the capital of {subject} is {object}."
 """
 
 from __future__ import annotations
@@ -32,14 +37,19 @@ from halluc_cli.models import load_model
 from halluc_cli.probe import ModelAnswerer, cloze_templates, complete_statements
 
 
-def recall(run_dir: Path, template: int, side: str) -> dict[str, tuple[int, int]]:
+def recall(
+    run_dir: Path, template: int, side: str, frame: str | None = None, relations: list[str] | None = None
+) -> dict[str, tuple[int, int]]:
     """relation -> (facts completed, facts asked) for one pretraining run; `side`: the known
-    facts (read in pretraining) or the unknown ones (a check: never stated, rarely guessed)."""
+    facts (read in pretraining) or the unknown ones (a check: never stated, rarely guessed);
+    `frame`: a statement of your own ({subject} ... {object}) asked instead of the template."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     split = load_split(run_dir)
     subjects = set(split[side])
-    facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in split["relations"]]
-    templates = cloze_templates({r: [cfg.data.kb.relations[r].statements[template]] for r in split["relations"]})
+    asked_relations = [r for r in split["relations"] if not relations or r in relations]
+    facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in asked_relations]
+    templates = cloze_templates(
+        {r: [frame or cfg.data.kb.relations[r].statements[template]] for r in asked_relations})
     model_dir = run_dir / "checkpoint"
     answerer = ModelAnswerer(load_model(model_dir), load_tokenizer(model_dir), ProbeConfig(), torch.device("cpu"))
     examples = [QAExample("", "", f.object, list(f.aliases), f.subject, f.relation, True, "") for f in facts]
@@ -55,11 +65,14 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="pretraining run dirs (data=kbqa)")
     parser.add_argument("--template", type=int, default=0, help="which statement template of each relation to ask")
     parser.add_argument("--facts", choices=("known", "unknown"), default="known", help="which side of the split")
+    parser.add_argument("--frame", help="a statement of your own to ask in: {subject} ... {object}")
+    parser.add_argument("--relation", action="append", help="ask these relations only (repeatable)")
     args = parser.parse_args()
     transformers.utils.logging.disable_progress_bar()
-    table = Table(title=f"{args.facts} facts completed from statement template {args.template}")
+    asked = repr(args.frame) if args.frame else f"statement template {args.template}"
+    table = Table(title=f"{args.facts} facts completed from {asked}")
     table.add_column("run", overflow="fold")
-    results = {run: recall(run, args.template, args.facts) for run in args.runs}
+    results = {run: recall(run, args.template, args.facts, args.frame, args.relation) for run in args.runs}
     relations = sorted({relation for result in results.values() for relation in result})
     for relation in relations:
         table.add_column(relation, justify="right")

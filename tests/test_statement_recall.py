@@ -25,3 +25,15 @@ def test_each_fact_of_the_side_is_asked_once(transformer_run: Path) -> None:
         result = script.recall(transformer_run, template=0, side=side)
         assert {relation: asked for relation, (_, asked) in result.items()} == _facts_per_relation(transformer_run, side)
         assert all(0 <= right <= asked for right, asked in result.values())
+
+
+def test_a_frame_of_your_own_for_the_relations_named(transformer_run: Path) -> None:
+    script = import_script("statement_recall")
+    cfg = OmegaConf.load(transformer_run / "config.yaml")
+    relation = sorted(load_split(transformer_run)["relations"])[0]
+    first = cfg.data.kb.relations[relation].statements[0]
+    by_template = script.recall(transformer_run, template=0, side="known")
+    assert script.recall(transformer_run, 0, "known", frame=first, relations=[relation]) == {relation: by_template[relation]}
+    # words before the subject that no statement has: asked the same facts, answered otherwise
+    framed = script.recall(transformer_run, 0, "known", frame="Zebra zebra " + first, relations=[relation])
+    assert framed[relation][1] == by_template[relation][1]
