@@ -752,6 +752,7 @@ def _csv_value(value: Any) -> Any:
 
 
 def describe(choices: Mapping[str, Any], names: Iterable[str]) -> str:
-    """"freeze=none, mitigation=clean, ..." for the named choices."""
+    """"freeze=none, mitigation=clean, ..." for the named choices a run sets (not UNSET: the
+    mitigation.inputs of mitigation=none says nothing)."""
     return ", ".join(f"{name}={choices[name]:g}" if isinstance(choices[name], float) else f"{name}={choices[name]}"
-                     for name in names)
+                     for name in names if choices[name] != UNSET)

@@ -333,7 +333,8 @@ _LEDGER_STACK = (
     ("ledger_lost", "lost (storage)"),
     ("ledger_never_stored", "never stored"),
 )
-_HATCHES = ("", "//", "..", "xx", "\\\\", "--")  # a bar's family (the other varying choices), when several
+# a bar's family (the other varying choices), when several
+_HATCHES = ("", "//", "..", "xx", "\\\\", "--", "||", "oo", "++", "**")
 
 
 def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iterable[str]) -> Path | None:
@@ -348,23 +349,26 @@ def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iter
     label = lambda group: describe(group.choices, others) or "all runs"  # noqa: E731
     labels = list(dict.fromkeys(label(group) for group in sorted(groups, key=lambda g: sort_key(g.choices, others))))
     fractions = sorted({group.choices["unknown_fraction"] for group in groups})
-    width = 0.8 / len(labels)
+    # a bar per group that exists, side by side within its fraction, a gap between fractions:
+    # a sweep that varies a mitigation at one share only gets no empty slots at the others
+    bars = sorted(groups, key=lambda g: (fractions.index(g.choices["unknown_fraction"]), labels.index(label(g))))
+    slot = {id(group): index + fractions.index(group.choices["unknown_fraction"]) for index, group in enumerate(bars)}
+    centers = [sum(slot[id(g)] for g in bars if g.choices["unknown_fraction"] == fraction)
+               / sum(g.choices["unknown_fraction"] == fraction for g in bars) for fraction in fractions]
     colors = _colors(len(_LEDGER_STACK))
-    figure = Figure(figsize=(max(5.2, 1.1 * len(fractions) * len(labels)) * len(points), 4.8), layout="constrained")
+    figure = Figure(figsize=(max(5.2, 0.55 * (len(bars) + len(fractions)) + 1.5) * len(points), 4.8), layout="constrained")
     axes = figure.subplots(1, len(points), sharey=True, squeeze=False)[0]
     for ax, point in zip(axes, points):
-        for group in groups:
+        for group in bars:
             stats = group_stats(group, point)
-            index = labels.index(label(group))
-            x = fractions.index(group.choices["unknown_fraction"]) - 0.4 + width * (index + 0.5)
+            hatch = _HATCHES[labels.index(label(group)) % len(_HATCHES)]
             bottom = 0.0
             for (metric, _), color in zip(_LEDGER_STACK, colors):
                 height = stats[metric]["mean"] if stats[metric] else 0.0
-                ax.bar(x, height, width * 0.92, bottom=bottom, color=color, hatch=_HATCHES[index % len(_HATCHES)],
-                       edgecolor="white")
+                ax.bar(slot[id(group)], height, 0.9, bottom=bottom, color=color, hatch=hatch, edgecolor="white")
                 bottom += height
         ax.set_title(POINT_NAME[point])
-        ax.set_xticks(range(len(fractions)), [f"{fraction:g}" for fraction in fractions])
+        ax.set_xticks(centers, [f"{fraction:g}" for fraction in fractions])
         ax.set_xlabel(_X_AXES["unknown_fraction"][0])
         ax.set_ylim(0, 1.03)
         ax.grid(axis="y", alpha=0.3)

@@ -56,3 +56,29 @@ def test_a_legend_of_many_score_mitigations_fits_the_figure(tmp_path: Path, monk
     box = legend.get_window_extent()
     assert len(legend.get_texts()) == len(mitigations) + 2  # and the two eval points
     assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1
+
+
+def _ledger_group(fraction: float, mitigation: str) -> Group:
+    ledger = {"retained": 0.6, "lost": 0.2, "stored_not_extracted": 0.1, "confident_wrong": 0.1, "never_stored": 0.0}
+    scores = {point: {"ledger": ledger} for point in ("early_stop", "final")}
+    choices = {"unknown_fraction": fraction, "mitigation": mitigation}
+    return Group(choices, [Run(Path(f"{fraction}-{mitigation}-{seed}"), seed, "r", choices, scores, {}, [])
+                           for seed in (0, 1)])
+
+
+def test_the_ledger_draws_a_bar_per_group_that_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shares 0 / 0.5 / 1 without mitigation and four mitigations at 0.5 alone: 7 bars a panel,
+    no empty slots for the mitigations at the shares they were not run at."""
+    groups = [_ledger_group(fraction, "none") for fraction in (0.0, 0.5, 1.0)]
+    groups += [_ledger_group(0.5, mitigation) for mitigation in ("clean", "distill", "replay", "idk")]
+    saved = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or path)
+    names = ["unknown_fraction", "mitigation"]
+    plots.plot_ledger(groups, names, tmp_path / "ledger.png", names)
+    (figure,) = saved
+    for axes in figure.axes:
+        slots = sorted({round(patch.get_x() + patch.get_width() / 2, 3) for patch in axes.patches})
+        width = axes.patches[0].get_width()
+        assert len(slots) == len(groups)
+        assert max(b - a for a, b in zip(slots, slots[1:])) <= 2.5 * width  # at most a bar's gap between shares
+        assert [tick.get_text() for tick in axes.get_xticklabels()] == ["0", "0.5", "1"]
