@@ -167,3 +167,12 @@ def test_slurm_launcher_requeues_with_a_signal_before_the_limit() -> None:
     assert launcher._target_.endswith("SlurmLauncher") and launcher.gpus_per_node == 1
     assert launcher.max_num_timeout > 0 and launcher.signal_delay_s > 0
     assert launcher.additional_parameters == {"requeue": True}
+
+
+def test_lstm_baseline_is_the_searched_lstm_and_finetunes_as_results_8() -> None:
+    pretrain = _compose("pretrain", ["experiment=lstm_baseline"])
+    assert pretrain.model.name == "lstm" and pretrain.model.tie_weights and pretrain.data.paraphrases == 8
+    finetune = _compose("finetune", ["experiment=lstm_baseline"], with_hydra=True)
+    forgetting = _compose("finetune", ["experiment=forgetting"], with_hydra=True)
+    assert finetune.ckpt == "outputs/lstm_baseline/pretrain" and finetune.ledger
+    assert finetune.hydra.sweeper.params == forgetting.hydra.sweeper.params
