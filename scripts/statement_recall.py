@@ -10,9 +10,9 @@ storage as the pretraining format shows it, apart from what QA fine-tuning can e
 
 prints, per run and relation, completed / asked facts (`--facts unknown`: the held-out side).
 `--frame` asks in a frame of your own instead, for the relations it names: how much of the
-recall survives words the pretraining never put before the subject (README Results 8, LSTM):
+recall survives words the pretraining never put before the subject (README Results 9, LSTM):
 
-    python scripts/statement_recall.py outputs/lstm/pretrain --relation capital \
+    python scripts/statement_recall.py outputs/lstm_baseline/pretrain --relation capital \
         --frame "What is the capital of {subject} is {object}."
 """
 
@@ -46,6 +46,9 @@ def recall(
     cfg = OmegaConf.load(run_dir / "config.yaml")
     split = load_split(run_dir)
     subjects = set(split[side])
+    if relations and not set(relations) <= set(split["relations"]):
+        raise SystemExit(f"{run_dir}: --relation {sorted(set(relations) - set(split['relations']))} not among its "
+                         f"relations {split['relations']}")
     asked_relations = [r for r in split["relations"] if not relations or r in relations]
     facts = [f for f in load_kb(cfg.data.kb.path).facts if f.subject in subjects and f.relation in asked_relations]
     templates = cloze_templates(
@@ -68,6 +71,8 @@ def main() -> None:
     parser.add_argument("--frame", help="a statement of your own to ask in: {subject} ... {object}")
     parser.add_argument("--relation", action="append", help="ask these relations only (repeatable)")
     args = parser.parse_args()
+    if args.frame and not args.relation:
+        parser.error("--frame states one relation's facts: name it with --relation")
     transformers.utils.logging.disable_progress_bar()
     asked = repr(args.frame) if args.frame else f"statement template {args.template}"
     table = Table(title=f"{args.facts} facts completed from {asked}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from cli_helpers import import_script
@@ -27,13 +28,20 @@ def test_each_fact_of_the_side_is_asked_once(transformer_run: Path) -> None:
         assert all(0 <= right <= asked for right, asked in result.values())
 
 
-def test_a_frame_of_your_own_for_the_relations_named(transformer_run: Path) -> None:
+def test_a_frame_of_your_own_for_the_relations_named(transformer_run: Path, monkeypatch) -> None:
     script = import_script("statement_recall")
     cfg = OmegaConf.load(transformer_run / "config.yaml")
     relation = sorted(load_split(transformer_run)["relations"])[0]
     first = cfg.data.kb.relations[relation].statements[0]
     by_template = script.recall(transformer_run, template=0, side="known")
     assert script.recall(transformer_run, 0, "known", frame=first, relations=[relation]) == {relation: by_template[relation]}
-    # words before the subject that no statement has: asked the same facts, answered otherwise
+    # the frame is what the facts are asked in
+    asked_in = []
+    complete = script.complete_statements
+    monkeypatch.setattr(script, "complete_statements",
+                        lambda answerer, examples, templates: asked_in.append(templates) or complete(answerer, examples, templates))
     framed = script.recall(transformer_run, 0, "known", frame="Zebra zebra " + first, relations=[relation])
     assert framed[relation][1] == by_template[relation][1]
+    assert list(asked_in[0]) == [relation] and asked_in[0][relation].startswith("Zebra zebra ")
+    with pytest.raises(SystemExit, match="no_such_relation"):
+        script.recall(transformer_run, 0, "known", frame=first, relations=["no_such_relation"])

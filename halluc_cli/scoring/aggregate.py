@@ -62,11 +62,11 @@ DERIVED = {
 }
 # Overrides that are seeds, not conditions: runs that differ only in these are repeats of one
 # group. `ckpt` is the pretraining replicate; a labelled run's data.split_seed draws its split.
-UNSET = "?"  # a choice a run's config does not set (mitigation.inputs of mitigation=none)
 SEEDS = ("seed", "probe.seed", "ckpt", "data.split_seed")
 # Overrides of how a run runs, not of what it measures (a key or a section of keys).
 RUNNING = ("hydra", "device", "resume", "train.progress", "experiment", "summary_table", "eval_after")
 NOT_A_CHOICE = "-"  # a QA choice of a run that has no QA sets (data=labelled)
+UNSET = "?"  # a choice a run's config does not set (mitigation.inputs of mitigation=none)
 
 
 @dataclass(frozen=True)
@@ -639,8 +639,13 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
     """
     rows = []
     for name in sweep.varying():
-        first = min((group.choices[name] for group in sweep.groups), key=lambda value: sort_key({name: value}, [name]))
+        values = [group.choices[name] for group in sweep.groups if group.choices[name] != UNSET]
+        if not values:
+            continue
+        first = min(values, key=lambda value: sort_key({name: value}, [name]))
         for group in sweep.groups:
+            if group.choices[name] == UNSET:  # a setting this run does not have is no value to compare
+                continue
             baseline = _baseline(name, group.choices[name], first)
             base = _base_group(sweep, name, baseline, group)
             if base is None or base is group:
@@ -657,17 +662,21 @@ def effect_rows(sweep: Sweep) -> list[dict[str, Any]]:
 def _base_group(sweep: Sweep, name: str, baseline: Any, group: Group) -> Group | None:
     """The group whose `name` is `baseline` and whose other choices are `group`'s. A setting of
     the compared choice's own (mitigation.inputs beside mitigation) must match only where both
-    groups have it: distill's inputs say nothing of mitigation=none, which has none (UNSET)."""
-    for base in sweep.groups:
-        if choice_key(base.choices[name]) != choice_key(baseline):
-            continue
-        if all(_same_setting(other, name, base.choices[other], group.choices[other])
-               for other in sweep.names if other != name):
-            return base
-    return None
+    groups have it: distill's inputs say nothing of mitigation=none, which has none (UNSET).
+    Where that leaves several groups (distill at two weights against replay, which has no
+    weight), the one that matches exactly, else none: no row rather than a guessed pairing."""
+    others = [other for other in sweep.names if other != name]
+    candidates = [base for base in sweep.groups if choice_key(base.choices[name]) == choice_key(baseline)
+                  and all(_same_setting(other, name, base.choices[other], group.choices[other]) for other in others)]
+    if len(candidates) > 1:
+        candidates = [base for base in candidates
+                      if all(choice_key(base.choices[other]) == choice_key(group.choices[other]) for other in others)]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _same_setting(other: str, name: str, value: Any, reference: Any) -> bool:
+    """Whether choice `other` of two groups compared on `name` agrees (a sub-setting of `name`
+    that either group lacks agrees with anything)."""
     if other.startswith(name + ".") and UNSET in (value, reference):
         return True
     return choice_key(value) == choice_key(reference)
@@ -752,7 +761,7 @@ def _csv_value(value: Any) -> Any:
 
 
 def describe(choices: Mapping[str, Any], names: Iterable[str]) -> str:
-    """"freeze=none, mitigation=clean, ..." for the named choices a run sets (not UNSET: the
-    mitigation.inputs of mitigation=none says nothing)."""
+    """"freeze=none, mitigation=clean, ..." for the named choices; a sub-setting a run does not
+    have (mitigation.inputs of mitigation=none: UNSET) is left out, as it says nothing."""
     return ", ".join(f"{name}={choices[name]:g}" if isinstance(choices[name], float) else f"{name}={choices[name]}"
-                     for name in names if choices[name] != UNSET)
+                     for name in names if not ("." in name and choices[name] == UNSET))

@@ -345,6 +345,8 @@ def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iter
     points = [point for point in POINT_STYLE if any(group_stats(group, point)["ledger_lost"] for group in groups)]
     if not points:
         return None
+    # runs without a ledger (ledger=false, a score mitigation's twins) get no empty bar
+    groups = [group for group in groups if any(group_stats(group, point)["ledger_lost"] for point in points)]
     others = [name for name in varying if name != "unknown_fraction"]
     label = lambda group: describe(group.choices, others) or "all runs"  # noqa: E731
     labels = list(dict.fromkeys(label(group) for group in sorted(groups, key=lambda g: sort_key(g.choices, others))))

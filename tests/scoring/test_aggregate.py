@@ -317,6 +317,25 @@ def test_a_mitigation_with_its_own_setting_is_compared_with_none(tmp_path: Path)
     effects = [row for row in effect_rows(sweep) if row["eval"] == "final" and row["setting"] == "mitigation"]
     assert sorted(row["mitigation.inputs"] for row in effects) == ["both", "finetune"]
     assert all(row["baseline"] == "none" and row["n_pairs"] == 2 for row in effects)
+    # the sub-setting compared within distill (none has no inputs to compare)
+    (inputs,) = [row for row in effect_rows(sweep) if row["eval"] == "final" and row["setting"] == "mitigation.inputs"]
+    assert (inputs["baseline"], inputs["value"], inputs["mitigation"]) == ("both", "finetune", "distill")
+
+
+def test_an_ambiguous_baseline_gives_no_row(tmp_path: Path) -> None:
+    """replay (no weight) against distill at weights 1 and 3: either could be its baseline, so
+    none is guessed; weight 3 against weight 1 is still compared."""
+    for mitigation, weight in (("distill", 1.0), ("distill", 3.0), ("replay", None)):
+        for seed in (0, 1):
+            run_dir = tmp_path / "finetune" / f"{mitigation}_{weight}" / str(seed)
+            overrides = (f"mitigation={mitigation}", f"seed={seed}") + ((f"mitigation.weight={weight}",) if weight else ())
+            make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=tmp_path / "pretrain", overrides=overrides)
+            if weight:
+                config = json.loads((run_dir / "config.yaml").read_text())
+                config["mitigation"]["weight"] = weight
+                (run_dir / "config.yaml").write_text(json.dumps(config))
+    rows = [row for row in effect_rows(gather(str(tmp_path / "finetune"))) if row["eval"] == "final"]
+    assert [(row["setting"], row["baseline"], row["value"]) for row in rows] == [("mitigation.weight", 1.0, 3.0)]
 
 
 def test_report_and_a_table_that_fits_100_columns(gathered: tuple[Path, str], sweep: Path) -> None:

@@ -71,10 +71,11 @@ def test_the_ledger_draws_a_bar_per_group_that_exists(tmp_path: Path, monkeypatc
     no empty slots for the mitigations at the shares they were not run at."""
     groups = [_ledger_group(fraction, "none") for fraction in (0.0, 0.5, 1.0)]
     groups += [_ledger_group(0.5, mitigation) for mitigation in ("clean", "distill", "replay", "idk")]
+    twin = _group(0.5, "none+kb_verify(abstain)")  # a score mitigation's twin keeps no ledger
     saved = []
     monkeypatch.setattr(plots, "_save", lambda figure, path: saved.append(figure) or path)
     names = ["unknown_fraction", "mitigation"]
-    plots.plot_ledger(groups, names, tmp_path / "ledger.png", names)
+    plots.plot_ledger([*groups, twin], names, tmp_path / "ledger.png", names)
     (figure,) = saved
     for axes in figure.axes:
         slots = sorted({round(patch.get_x() + patch.get_width() / 2, 3) for patch in axes.patches})
