@@ -33,7 +33,7 @@ ALL_CONFIGS = sorted(str(path.relative_to(CONF_DIR)) for path in CONF_DIR.rglob(
 
 
 def test_config_files_are_all_counted() -> None:
-    assert len(ALL_CONFIGS) == 60, ALL_CONFIGS
+    assert len(ALL_CONFIGS) == 61, ALL_CONFIGS
 
 
 def _compose(name: str, overrides: list[str], with_hydra: bool = False):
