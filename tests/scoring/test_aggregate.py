@@ -9,6 +9,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -300,19 +301,26 @@ def test_replicates_and_seeds(tmp_path: Path) -> None:
     assert effect["unknown_abstention_rate_diff_low"] == pytest.approx(0.5)
 
 
+def _mitigation_sweep(root: Path, key: str, settings: tuple[tuple[str, Any], ...]) -> Path:
+    """Two seeds of each (mitigation, value of its own setting `key`; None: the run has no such
+    setting), as `finetune -m mitigation=... mitigation.<key>=...` writes them."""
+    for mitigation, value in settings:
+        for seed in (0, 1):
+            run_dir = root / f"{mitigation}_{value}" / str(seed)
+            overrides = (f"mitigation={mitigation}", f"seed={seed}") + ((f"mitigation.{key}={value}",) if value else ())
+            make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=root.parent / "pretrain", overrides=overrides)
+            if value:
+                config = json.loads((run_dir / "config.yaml").read_text())
+                config["mitigation"][key] = value
+                (run_dir / "config.yaml").write_text(json.dumps(config))
+    return root
+
+
 def test_a_mitigation_with_its_own_setting_is_compared_with_none(tmp_path: Path) -> None:
     """`mitigation=distill mitigation.inputs=both` beside `mitigation=none`: none has no inputs
     (UNSET), which must not keep distill from its baseline, and inputs=finetune is its own row."""
-    for mitigation, inputs in (("none", None), ("distill", "both"), ("distill", "finetune")):
-        for seed in (0, 1):
-            run_dir = tmp_path / "finetune" / f"{mitigation}_{inputs}" / str(seed)
-            overrides = (f"mitigation={mitigation}", f"seed={seed}") + ((f"mitigation.inputs={inputs}",) if inputs else ())
-            make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=tmp_path / "pretrain", overrides=overrides)
-            if inputs:
-                config = json.loads((run_dir / "config.yaml").read_text())
-                config["mitigation"]["inputs"] = inputs
-                (run_dir / "config.yaml").write_text(json.dumps(config))
-    sweep = gather(str(tmp_path / "finetune"))
+    settings = (("none", None), ("distill", "both"), ("distill", "finetune"))
+    sweep = gather(str(_mitigation_sweep(tmp_path / "finetune", "inputs", settings)))
     assert sweep.varying() == ["mitigation", "mitigation.inputs"]
     effects = [row for row in effect_rows(sweep) if row["eval"] == "final" and row["setting"] == "mitigation"]
     assert sorted(row["mitigation.inputs"] for row in effects) == ["both", "finetune"]
@@ -325,16 +333,9 @@ def test_a_mitigation_with_its_own_setting_is_compared_with_none(tmp_path: Path)
 def test_an_ambiguous_baseline_gives_no_row(tmp_path: Path) -> None:
     """replay (no weight) against distill at weights 1 and 3: either could be its baseline, so
     none is guessed; weight 3 against weight 1 is still compared."""
-    for mitigation, weight in (("distill", 1.0), ("distill", 3.0), ("replay", None)):
-        for seed in (0, 1):
-            run_dir = tmp_path / "finetune" / f"{mitigation}_{weight}" / str(seed)
-            overrides = (f"mitigation={mitigation}", f"seed={seed}") + ((f"mitigation.weight={weight}",) if weight else ())
-            make_run(run_dir, 0.5, mitigation, "none", seed, ckpt=tmp_path / "pretrain", overrides=overrides)
-            if weight:
-                config = json.loads((run_dir / "config.yaml").read_text())
-                config["mitigation"]["weight"] = weight
-                (run_dir / "config.yaml").write_text(json.dumps(config))
-    rows = [row for row in effect_rows(gather(str(tmp_path / "finetune"))) if row["eval"] == "final"]
+    settings = (("distill", 1.0), ("distill", 3.0), ("replay", None))
+    sweep = gather(str(_mitigation_sweep(tmp_path / "finetune", "weight", settings)))
+    rows = [row for row in effect_rows(sweep) if row["eval"] == "final"]
     assert [(row["setting"], row["baseline"], row["value"]) for row in rows] == [("mitigation.weight", 1.0, 3.0)]
 
 
