@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
@@ -341,33 +342,36 @@ def plot_ledger(groups: list[Group], varying: list[str], path: Path, names: Iter
     """Stacked mean shares of the held-out known facts by ledger category vs the unknown
     fraction, a panel per eval point, a hatch per setting of the other varying choices; None
     when no run kept a ledger."""
-    groups = [group for group in groups if is_number(group.choices["unknown_fraction"])]
-    points = [point for point in POINT_STYLE if any(group_stats(group, point)["ledger_lost"] for group in groups)]
+    numbered = [group for group in groups if is_number(group.choices["unknown_fraction"])]
+    stats = {id(group): {point: group_stats(group, point) for point in POINT_STYLE} for group in numbered}
+    points = [point for point in POINT_STYLE if any(stats[id(group)][point]["ledger_lost"] for group in numbered)]
     if not points:
         return None
     # runs without a ledger (ledger=false, a score mitigation's twins) get no empty bar
-    groups = [group for group in groups if any(group_stats(group, point)["ledger_lost"] for point in points)]
+    groups = [group for group in numbered if any(stats[id(group)][point]["ledger_lost"] for point in points)]
     others = [name for name in varying if name != "unknown_fraction"]
     label = lambda group: describe(group.choices, others) or "all runs"  # noqa: E731
     labels = list(dict.fromkeys(label(group) for group in sorted(groups, key=lambda g: sort_key(g.choices, others))))
     fractions = sorted({group.choices["unknown_fraction"] for group in groups})
-    # a bar per group that exists, side by side within its fraction, a gap between fractions:
-    # a sweep that varies a mitigation at one share only gets no empty slots at the others
-    bars = sorted(groups, key=lambda g: (fractions.index(g.choices["unknown_fraction"]), labels.index(label(g))))
-    slot = {id(group): index + fractions.index(group.choices["unknown_fraction"]) for index, group in enumerate(bars)}
-    centers = [sum(slot[id(g)] for g in bars if g.choices["unknown_fraction"] == fraction)
-               / sum(g.choices["unknown_fraction"] == fraction for g in bars) for fraction in fractions]
+    share = lambda group: fractions.index(group.choices["unknown_fraction"])  # noqa: E731
+    # a bar per group that exists, side by side within its fraction, a slot's gap between
+    # fractions: a sweep that varies a mitigation at one share only gets no empty slots
+    bars = sorted(groups, key=lambda g: (share(g), labels.index(label(g))))
+    slots = [index + share(group) for index, group in enumerate(bars)]
+    centers = [statistics.mean(x for x, group in zip(slots, bars) if share(group) == index)
+               for index in range(len(fractions))]
     colors = _colors(len(_LEDGER_STACK))
-    figure = Figure(figsize=(max(5.2, 0.55 * (len(bars) + len(fractions)) + 1.5) * len(points), 4.8), layout="constrained")
+    figure = Figure(figsize=(max(5.2, 0.55 * (len(bars) + len(fractions)) + 1.5) * len(points), 4.8),
+                    layout="constrained")
     axes = figure.subplots(1, len(points), sharey=True, squeeze=False)[0]
     for ax, point in zip(axes, points):
-        for group in bars:
-            stats = group_stats(group, point)
+        for x, group in zip(slots, bars):
             hatch = _HATCHES[labels.index(label(group)) % len(_HATCHES)]
             bottom = 0.0
             for (metric, _), color in zip(_LEDGER_STACK, colors):
-                height = stats[metric]["mean"] if stats[metric] else 0.0
-                ax.bar(slot[id(group)], height, 0.9, bottom=bottom, color=color, hatch=hatch, edgecolor="white")
+                stat = stats[id(group)][point][metric]
+                height = stat["mean"] if stat else 0.0
+                ax.bar(x, height, 0.9, bottom=bottom, color=color, hatch=hatch, edgecolor="white")
                 bottom += height
         ax.set_title(POINT_NAME[point])
         ax.set_xticks(centers, [f"{fraction:g}" for fraction in fractions])
